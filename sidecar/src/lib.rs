@@ -1,0 +1,1 @@
+//! Civic MCP sidecar library.
