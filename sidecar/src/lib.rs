@@ -1,1 +1,3 @@
 //! Civic MCP sidecar library.
+
+pub mod contract;

@@ -1,0 +1,58 @@
+//! The operator ↔ sidecar contract: environment variable names, ports and defaults.
+//!
+//! The operator renders these into injected pods; the sidecar reads them. Keeping them in one
+//! module of the sidecar library means the two can never drift apart.
+
+/// Address of the proxy listener (the workload calls `http://<this>/hub/mcp`).
+pub const ENV_LISTEN_ADDR: &str = "CIVIC_LISTEN_ADDR";
+/// Address of the admin listener (`/livez`, `/readyz`, `/metrics`).
+pub const ENV_ADMIN_ADDR: &str = "CIVIC_ADMIN_ADDR";
+/// The Civic MCP hub URL requests are forwarded to.
+pub const ENV_HUB_URL: &str = "CIVIC_HUB_URL";
+/// The Civic Auth token endpoint (RFC 8693 token exchange).
+pub const ENV_TOKEN_URL: &str = "CIVIC_TOKEN_URL";
+/// Civic Auth client ID.
+pub const ENV_CLIENT_ID: &str = "CIVIC_CLIENT_ID";
+/// File holding the Civic Auth client secret (re-read when it changes).
+pub const ENV_CLIENT_SECRET_FILE: &str = "CIVIC_CLIENT_SECRET_FILE";
+/// Profile (toolkit) UUID.
+pub const ENV_PROFILE_ID: &str = "CIVIC_PROFILE_ID";
+/// Whether `civic_profile` is sent in the exchange (locks the token to the profile).
+pub const ENV_PROFILE_LOCK: &str = "CIVIC_PROFILE_LOCK";
+/// Subject mode "file": exchange the token in this file (a projected service-account token).
+pub const ENV_SUBJECT_TOKEN_FILE: &str = "CIVIC_SUBJECT_TOKEN_FILE";
+/// Subject mode "header": exchange the token the workload sends in this request header.
+pub const ENV_SUBJECT_HEADER: &str = "CIVIC_SUBJECT_HEADER";
+/// Subject mode "static": a ready Civic access token in this file, no exchange.
+pub const ENV_ACCESS_TOKEN_FILE: &str = "CIVIC_ACCESS_TOKEN_FILE";
+/// RFC 8693 `subject_token_type`.
+pub const ENV_SUBJECT_TOKEN_TYPE: &str = "CIVIC_SUBJECT_TOKEN_TYPE";
+/// Requested token lifetime (`expires_in`), seconds.
+pub const ENV_TOKEN_TTL_SECONDS: &str = "CIVIC_TOKEN_TTL_SECONDS";
+/// Requested `scope` (space-delimited).
+pub const ENV_SCOPE: &str = "CIVIC_SCOPE";
+/// Name of the header carrying the profile UUID to the hub.
+pub const ENV_PROFILE_HEADER: &str = "CIVIC_PROFILE_HEADER";
+/// Log filter and format (tracing `EnvFilter` syntax).
+pub const ENV_LOG: &str = "CIVIC_LOG";
+
+/// Port of the proxy listener.
+pub const PROXY_PORT: u16 = 8931;
+/// Port of the admin listener.
+pub const ADMIN_PORT: u16 = 8932;
+pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:8931";
+pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:8932";
+pub const DEFAULT_HUB_URL: &str = "https://app.civic.com/hub/mcp";
+pub const DEFAULT_TOKEN_URL: &str = "https://auth.civic.com/oauth/token";
+pub const DEFAULT_SUBJECT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub const DEFAULT_PROFILE_HEADER: &str = "x-civic-profile-id";
+/// The only path the proxy forwards.
+pub const MCP_PATH: &str = "/hub/mcp";
+
+/// Environment variable the operator sets in every app container.
+pub const WORKLOAD_MCP_URL_ENV: &str = "CIVIC_MCP_URL";
+
+/// The URL a workload in an injected pod calls.
+pub fn workload_mcp_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}{MCP_PATH}")
+}
