@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs on a fresh Debian bookworm machine (run as root).
+# Idempotent: a second run only checks. Nothing is installed inside the repository except the
+# MCP SDK peers (tests/peers/.venv, tests/peers/node_modules, both git-ignored).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+t0=$SECONDS
+step() { printf '\n== setup: %s (%ss)\n' "$*" "$((SECONDS - t0))"; }
+
+need_apt=()
+for pair in etcd:etcd-server unzip:unzip shellcheck:shellcheck ip:iproute2; do
+  command -v "${pair%%:*}" >/dev/null || need_apt+=("${pair#*:}")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  step "apt: ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+step "rust components"
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+
+step "official MCP SDK peers (python mcp, node @modelcontextprotocol/sdk)"
+bash tests/peers/install.sh
+
+step "helm"
+bash scripts/install-helm.sh
+
+if [ -x scripts/kube/build.sh ] || [ -f scripts/kube/build.sh ]; then
+  step "kube-apiserver 1.20 from Debian source (cached outside the repo)"
+  bash scripts/kube/build.sh
+fi
+step "done"
