@@ -8,7 +8,7 @@
 #
 #   CIVIC_KUBE_DIR      install root (default: $HOME/.cache/civic-mcp/kube-1.20.2); binaries in bin/
 #   CIVIC_KUBE_KEEP_SRC set to 1 to keep the source tree and Go build cache after a successful build
-set -euo pipefail
+set -Eeuo pipefail
 
 KUBE_VERSION=1.20.2
 KUBE_DIR="${CIVIC_KUBE_DIR:-$HOME/.cache/civic-mcp/kube-${KUBE_VERSION}}"
@@ -85,7 +85,18 @@ SRC
 }
 
 # Prints the unpacked tree's path (the package version is 1.20.5+really1.20.2).
-source_tree() { find "$SRC_DIR" -maxdepth 1 -mindepth 1 -type d -name "kubernetes-*really${KUBE_VERSION}" | head -1; }
+source_tree() {
+  [[ -d "$SRC_DIR" ]] || return 0
+  find "$SRC_DIR" -maxdepth 1 -mindepth 1 -type d -name "kubernetes-*really${KUBE_VERSION}" -print -quit
+}
+
+# Like source_tree, but fails when there is none (guards the rm -rf below).
+tree_or_die() {
+  local tree
+  tree=$(source_tree)
+  [[ -n "$tree" && -d "$tree/vendor" ]] || die "no unpacked kubernetes source in $SRC_DIR"
+  printf '%s\n' "$tree"
+}
 
 fetch_source() {
   if [[ -n "$(source_tree)" && -f "$(source_tree)/.civic-unpacked" ]]; then
@@ -106,7 +117,7 @@ fetch_source() {
 # Debian's 1.0.2 is API-compatible. The tree builds in GOPATH mode, so swapping the files suffices.
 replace_reflect2() {
   local tree vend src=/usr/share/gocode/src/github.com/modern-go/reflect2
-  tree=$(source_tree)
+  tree=$(tree_or_die)
   vend="$tree/vendor/github.com/modern-go/reflect2"
   [[ -f "$src/go_above_118.go" ]] || die "$src is not reflect2 >= 1.0.2"
   rm -rf "$vend"
@@ -118,7 +129,7 @@ replace_reflect2() {
 
 make_target() {
   local what=$1 tree
-  tree=$(source_tree)
+  tree=$(tree_or_die)
   # No .git in the tree: version.sh takes v1.20.2 from the archive's export-subst values.
   (cd "$tree" && env PATH="$GO_BIN:$PATH" CGO_ENABLED=0 GOFLAGS= GO111MODULE=off \
     make WHAT="cmd/$what")
@@ -127,7 +138,7 @@ make_target() {
 
 install_binaries() {
   local tree t
-  tree=$(source_tree)
+  tree=$(tree_or_die)
   mkdir -p "$BIN_DIR"
   for t in "${TARGETS[@]}"; do
     install -m 0755 "$tree/_output/bin/$t" "$BIN_DIR/$t.tmp"

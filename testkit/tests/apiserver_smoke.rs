@@ -297,6 +297,18 @@ async fn crd_apply_rbac_and_restart() -> anyhow::Result<()> {
     assert_eq!(via_file.list(&ListParams::default()).await?.items.len(), 1);
     assert_ne!(cluster.token_for("alice")?, cluster.token_for(ADMIN_USER)?);
 
+    // Without kube-controller-manager no ServiceAccount exists, and the 1.20 ServiceAccount
+    // admission plugin rejects pods (why pod tests use `with_controller_manager()`).
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "p0"},
+        "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]},
+    }))?;
+    let err = Api::<Pod>::namespaced(admin.clone(), NS)
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect_err("no default ServiceAccount without the controller manager");
+    assert!(err.to_string().contains("serviceaccount"), "{err}");
+
     // Restart keeps etcd: the object, its status and its resourceVersion survive.
     let url_before = cluster.url();
     let restart_started = Instant::now();
@@ -376,5 +388,21 @@ async fn controller_manager_service_accounts_and_garbage_collection() -> anyhow:
         Ok(maps.get_opt("dependent").await?.is_none())
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failed_start_reports_the_process_log() -> anyhow::Result<()> {
+    let err = KubeApiServer::builder()
+        .apiserver_arg("--no-such-flag=1")
+        .start()
+        .await
+        .expect_err("kube-apiserver rejects an unknown flag");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("kube-apiserver exited before it was ready"),
+        "{msg}"
+    );
+    assert!(msg.contains("unknown flag: --no-such-flag"), "{msg}");
     Ok(())
 }
