@@ -1,1 +1,20 @@
-//! Civic MCP operator library.
+//! Civic MCP operator library: the `CivicIntegration` CRD, its controller, the credential probe,
+//! leader election, metrics and the admin endpoints. `main.rs` only parses arguments.
+
+pub mod admin;
+pub mod annotations;
+pub mod cli;
+pub mod conditions;
+pub mod controller;
+pub mod crd;
+pub mod error;
+pub mod leader;
+pub mod metrics;
+pub mod pods;
+pub mod probe;
+pub mod status;
+pub mod telemetry;
+pub mod validation;
+
+#[cfg(test)]
+mod testing;

@@ -1,0 +1,44 @@
+//! Pod labels and annotations shared by the webhook (which writes them) and the controller
+//! (which counts pods by them). One place, so the two can never disagree.
+
+/// Pods opt in to injection with this label set to [`INJECT_ENABLED`] (the webhook's
+/// `objectSelector`, so the webhook never sees other pods).
+pub const INJECT_LABEL: &str = "mcp.civic.com/inject";
+/// The value of [`INJECT_LABEL`] that opts a pod in.
+pub const INJECT_ENABLED: &str = "enabled";
+/// Optional pod annotation naming the binding explicitly, as `<integration>/<binding>`.
+pub const BINDING_ANNOTATION: &str = "mcp.civic.com/binding";
+/// Written by the webhook on every pod it injected, as `<integration>/<binding>` (see
+/// [`binding_ref`]). The controller counts a binding's `injectedPods` by it.
+pub const INJECTED_ANNOTATION: &str = "mcp.civic.com/injected";
+
+/// `<integration>/<binding>`, the value of [`BINDING_ANNOTATION`] and [`INJECTED_ANNOTATION`].
+pub fn binding_ref(integration: &str, binding: &str) -> String {
+    format!("{integration}/{binding}")
+}
+
+/// Splits an `<integration>/<binding>` value; `None` unless both parts are non-empty.
+pub fn parse_binding_ref(value: &str) -> Option<(&str, &str)> {
+    let (integration, binding) = value.trim().split_once('/')?;
+    (!integration.is_empty() && !binding.is_empty() && !binding.contains('/'))
+        .then_some((integration, binding))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binding_ref_round_trips() {
+        let v = binding_ref("civic", "support");
+        assert_eq!(v, "civic/support");
+        assert_eq!(parse_binding_ref(&v), Some(("civic", "support")));
+    }
+
+    #[test]
+    fn malformed_binding_refs_are_rejected() {
+        for bad in ["", "civic", "civic/", "/support", "a/b/c"] {
+            assert_eq!(parse_binding_ref(bad), None, "{bad:?}");
+        }
+    }
+}

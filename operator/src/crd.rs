@@ -1,0 +1,245 @@
+//! The `CivicIntegration` custom resource (`mcp.civic.com/v1alpha1`).
+//!
+//! The Rust types are the source of truth: `civic-operator crd` prints the CRD generated from them
+//! and `crds/` holds a copy that a test keeps in sync. Doc comments become `kubectl explain` text.
+//! The test apiserver is 1.20, so the schema uses only structural constructs it accepts (no CEL);
+//! what a schema cannot say lives in [`crate::validation`].
+
+use civic_sidecar::contract;
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Lower- or upper-case hexadecimal UUID, 8-4-4-4-12.
+pub const UUID_PATTERN: &str =
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+/// `https://` anywhere, plain `http://` only on a loopback host (tests, local fakes).
+pub const URL_PATTERN: &str =
+    r"^(https://[^/?#@\s]+|http://(127\.0\.0\.1|localhost|\[::1\])(:[0-9]{1,5})?)(/[^\s]*)?$";
+/// RFC 1123 label: binding names end up in annotations as `<integration>/<binding>`.
+pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// RFC 7230 header field name (token characters).
+pub const HEADER_NAME_PATTERN: &str = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$";
+/// Kubernetes requires projected service-account tokens to live at least ten minutes.
+pub const MIN_SA_TOKEN_EXPIRATION_SECONDS: i64 = 600;
+
+/// The desired integration: the Civic Auth client credentials (by reference to a Secret in the
+/// same namespace) and the profile bindings that say which pods get a sidecar, with which profile
+/// and which identity.
+#[derive(CustomResource, Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[kube(
+    group = "mcp.civic.com",
+    version = "v1alpha1",
+    kind = "CivicIntegration",
+    namespaced,
+    shortname = "civic",
+    status = "CivicIntegrationStatus",
+    derive = "PartialEq",
+    doc = "Access to the Civic MCP hub for the pods of one namespace.",
+    // JSON form: the structured form trips clippy's duplicated_attributes on repeated keys.
+    printcolumn = r#"{"name":"Ready","type":"string","description":"Whether the integration is usable","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","description":"Why the integration is (not) ready","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","priority":1}"#,
+    printcolumn = r#"{"name":"Bindings","type":"string","description":"Names of the profile bindings","jsonPath":".spec.bindings[*].name"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CivicIntegrationSpec {
+    /// Civic Auth client ID of the application the sidecars exchange tokens as.
+    #[schemars(length(min = 1, max = 256))]
+    pub client_id: String,
+
+    /// The Secret (in this namespace) holding the Civic Auth client secret. It is mounted only
+    /// into the sidecar container, never into application containers.
+    pub client_secret_ref: SecretKeyRef,
+
+    /// Base URL of the Civic MCP hub. HTTPS; plain HTTP only on a loopback host.
+    #[serde(default = "default_hub_url")]
+    #[schemars(url, length(max = 2048), regex(pattern = URL_PATTERN))]
+    pub hub_url: String,
+
+    /// Civic Auth token endpoint (RFC 8693 token exchange). HTTPS; plain HTTP only on a loopback
+    /// host.
+    #[serde(default = "default_token_url")]
+    #[schemars(url, length(max = 2048), regex(pattern = URL_PATTERN))]
+    pub token_url: String,
+
+    /// Profile bindings: which pods get a sidecar and with which profile and identity. A pod
+    /// takes the first binding whose selector matches it (or the one its
+    /// `mcp.civic.com/binding` annotation names). Names are unique within the list.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub bindings: Vec<ProfileBinding>,
+
+    /// Optional overrides of the chart's sidecar defaults for pods of this integration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<SidecarOverrides>,
+}
+
+/// A key of a Secret in the integration's own namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret, in the same namespace as the CivicIntegration.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// One profile binding: a set of pods, the Civic profile they use, and whose identity they
+/// exchange.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProfileBinding {
+    /// Name of the binding, unique within the integration (an RFC 1123 label). Pods may pick it
+    /// with the annotation `mcp.civic.com/binding: <integration>/<binding>`.
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
+    pub name: String,
+
+    /// Pods of this namespace the binding applies to (they must also carry the label
+    /// `mcp.civic.com/inject: enabled`). An empty selector selects every such pod.
+    pub pod_selector: LabelSelector,
+
+    /// Civic profile (toolkit) UUID, sent as `civic_profile` in the exchange and as the
+    /// `x-civic-profile-id` header to the hub.
+    #[schemars(regex(pattern = UUID_PATTERN))]
+    pub profile_id: String,
+
+    /// Lock exchanged tokens to the profile (send `civic_profile` in the token exchange).
+    #[serde(default = "default_true")]
+    pub lock_profile: bool,
+
+    /// Whose identity the sidecar exchanges for a Civic token: exactly one source.
+    pub subject: SubjectSource,
+
+    /// RFC 8693 `subject_token_type` of the subject token. Defaults to
+    /// `urn:ietf:params:oauth:token-type:access_token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub subject_token_type: Option<String>,
+
+    /// Requested lifetime of exchanged tokens (`expires_in`), in seconds. Omitted: Civic Auth's
+    /// default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub token_ttl_seconds: Option<i64>,
+
+    /// Requested `scope` (space-delimited). Omitted: no scope parameter is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub scope: Option<String>,
+}
+
+/// Where the subject token for the exchange comes from. Exactly one of the fields is set.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SubjectSource {
+    /// The pod's own identity: a projected service-account token with this audience.
+    ServiceAccountToken(ServiceAccountTokenSubject),
+    /// Per-user: the application forwards its user's token in this request header.
+    RequestHeader(RequestHeaderSubject),
+    /// A ready Civic access token from a Secret in this namespace; no exchange happens.
+    CivicTokenSecretRef(SecretKeyRef),
+}
+
+/// A projected service-account token as the subject.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountTokenSubject {
+    /// Audience of the projected token; Civic Auth must accept tokens for it.
+    #[schemars(length(min = 1, max = 253))]
+    pub audience: String,
+    /// Lifetime of the projected token in seconds (Kubernetes requires at least 600). The
+    /// kubelet rotates it at 80% of its lifetime.
+    #[serde(default = "default_sa_expiration")]
+    #[schemars(range(min = 600, max = 4294967296i64))]
+    pub expiration_seconds: i64,
+}
+
+/// A request header carrying the subject token.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestHeaderSubject {
+    /// Header name, e.g. `Authorization` (a `Bearer ` prefix is removed).
+    #[serde(default = "default_subject_header")]
+    #[schemars(length(min = 1, max = 256), regex(pattern = HEADER_NAME_PATTERN))]
+    pub name: String,
+}
+
+/// Overrides of the chart's sidecar defaults.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarOverrides {
+    /// Sidecar container image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub image: Option<String>,
+    /// Sidecar container resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// Observed state, written by the operator.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CivicIntegrationStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `SecretResolved` and `CredentialsValid`, each with a reason and a message.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Pod counts per binding.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub bindings: Vec<BindingStatus>,
+}
+
+/// Pod counts of one binding.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BindingStatus {
+    /// Name of the binding.
+    pub name: String,
+    /// Non-terminated pods of the namespace the binding's selector matches.
+    pub matched_pods: i32,
+    /// Of those, the pods that carry this binding's sidecar.
+    pub injected_pods: i32,
+}
+
+impl CivicIntegration {
+    /// The condition of the given type, if present.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+    }
+}
+
+fn default_hub_url() -> String {
+    contract::DEFAULT_HUB_URL.to_owned()
+}
+fn default_token_url() -> String {
+    contract::DEFAULT_TOKEN_URL.to_owned()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_sa_expiration() -> i64 {
+    3600
+}
+fn default_subject_header() -> String {
+    "Authorization".to_owned()
+}
+
+/// The CRD as YAML, as `civic-operator crd` prints it and `crds/` stores it.
+pub fn crd_yaml() -> Result<String, serde_yaml_ng::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml_ng::to_string(&CivicIntegration::crd())
+}

@@ -1,0 +1,77 @@
+//! Test support: a kube `Client` backed by a tower-test mock, answering scripted responses.
+
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use kube::client::Body;
+use serde_json::{Value, json};
+use tower_test::mock::{self, Handle};
+
+/// The server side of a mocked Kubernetes API.
+pub struct ApiMock {
+    handle: Handle<Request<Body>, Response<Body>>,
+}
+
+impl ApiMock {
+    /// A client whose every request is answered through the returned mock.
+    pub fn new() -> (kube::Client, Self) {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        (kube::Client::new(service, "default"), Self { handle })
+    }
+
+    /// Waits for the next request, checks its method and path, answers it with `response` and
+    /// returns the request body as JSON (`Null` when empty).
+    pub async fn expect(&mut self, method: Method, path: &str, response: Response<Body>) -> Value {
+        let (req, send) = self.next().await;
+        assert_eq!(
+            (req.method(), req.uri().path()),
+            (&method, path),
+            "unexpected request {} {}",
+            req.method(),
+            req.uri()
+        );
+        let body = req.into_body().collect_bytes().await.expect("request body");
+        send.send_response(response);
+        serde_json::from_slice(&body).unwrap_or(Value::Null)
+    }
+
+    /// The next request, unanswered.
+    pub async fn next(&mut self) -> (Request<Body>, mock::SendResponse<Response<Body>>) {
+        tokio::time::timeout(Duration::from_secs(10), self.handle.next_request())
+            .await
+            .expect("a request within 10 s")
+            .expect("the client is alive")
+    }
+
+    /// Asserts that no request arrives within `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Ok(Some((req, _))) = tokio::time::timeout(wait, self.handle.next_request()).await {
+            panic!("unexpected request {} {}", req.method(), req.uri());
+        }
+    }
+}
+
+/// A JSON response with this status.
+pub fn json_response(code: u16, value: Value) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(&value).expect("JSON")))
+        .expect("valid response")
+}
+
+/// A Kubernetes `Status` failure with this code.
+pub fn status_response(code: u16) -> Response<Body> {
+    let reason = match code {
+        404 => "NotFound",
+        409 => "Conflict",
+        500 => "InternalError",
+        503 => "ServiceUnavailable",
+        _ => "Unknown",
+    };
+    json_response(
+        code,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": format!("scripted {code}"), "reason": reason, "code": code}),
+    )
+}

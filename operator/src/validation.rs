@@ -1,0 +1,552 @@
+//! Checks the CRD schema cannot express (the 1.20 apiserver has no CEL). A spec that fails them is
+//! reported as `Ready=False, reason=InvalidSpec` and waits for the next change.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::core::Selector;
+use url::{Host, Url};
+
+use crate::crd::{
+    CivicIntegrationSpec, MIN_SA_TOKEN_EXPIRATION_SECONDS, ProfileBinding, SecretKeyRef,
+    SubjectSource,
+};
+
+/// Kubernetes caps projected service-account token lifetimes at 2^32 seconds.
+const MAX_SA_TOKEN_EXPIRATION_SECONDS: i64 = 1 << 32;
+
+/// Headers a subject token can never arrive in: hop-by-hop, framing, and headers the sidecar
+/// itself sets or must forward unchanged.
+const RESERVED_SUBJECT_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "accept",
+    "x-civic-profile-id",
+];
+
+/// One problem, with the field path it is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// JSON-ish path, e.g. `spec.bindings[support].subject`.
+    pub path: String,
+    /// What is wrong, in words a user can act on.
+    pub message: String,
+}
+
+/// Every problem found in a spec (never empty).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidSpec(pub Vec<Problem>);
+
+impl fmt::Display for InvalidSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", p.path, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for InvalidSpec {}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Validates a spec; `Err` lists every problem, in field order.
+pub fn validate(spec: &CivicIntegrationSpec) -> Result<(), InvalidSpec> {
+    let mut p = Problems::default();
+
+    if spec.client_id.trim().is_empty() {
+        p.push("spec.clientId", "must not be blank");
+    } else if spec.client_id.contains(':') {
+        // HTTP Basic client authentication splits `id:secret` at the first colon.
+        p.push("spec.clientId", "must not contain ':'");
+    } else if spec.client_id.chars().any(char::is_control) {
+        p.push("spec.clientId", "must not contain control characters");
+    }
+    secret_ref(&mut p, "spec.clientSecretRef", &spec.client_secret_ref);
+    endpoint_url(&mut p, "spec.hubUrl", &spec.hub_url);
+    endpoint_url(&mut p, "spec.tokenUrl", &spec.token_url);
+
+    let mut names = BTreeSet::new();
+    for (i, b) in spec.bindings.iter().enumerate() {
+        let path = if b.name.is_empty() {
+            format!("spec.bindings[{i}]")
+        } else {
+            format!("spec.bindings[{}]", b.name)
+        };
+        if !names.insert(b.name.as_str()) {
+            p.push(&path, "binding names must be unique");
+        }
+        binding(&mut p, &path, b);
+    }
+    if let Some(image) = spec.sidecar.as_ref().and_then(|s| s.image.as_deref())
+        && (image.trim().is_empty() || image.chars().any(char::is_whitespace))
+    {
+        p.push("spec.sidecar.image", "must be a non-empty image reference");
+    }
+
+    if p.0.is_empty() {
+        Ok(())
+    } else {
+        Err(InvalidSpec(p.0))
+    }
+}
+
+fn binding(p: &mut Problems, path: &str, b: &ProfileBinding) {
+    if !is_dns_label(&b.name) {
+        p.push(
+            format!("{path}.name"),
+            "must be a lowercase RFC 1123 label (a-z, 0-9, '-', at most 63 characters)",
+        );
+    }
+    if !is_uuid(&b.profile_id) {
+        p.push(format!("{path}.profileId"), "must be a UUID");
+    }
+    label_selector(p, &format!("{path}.podSelector"), &b.pod_selector);
+    if let Some(ttl) = b.token_ttl_seconds
+        && ttl < 1
+    {
+        p.push(format!("{path}.tokenTtlSeconds"), "must be at least 1");
+    }
+    if let Some(t) = &b.subject_token_type
+        && t.trim().is_empty()
+    {
+        p.push(format!("{path}.subjectTokenType"), "must not be blank");
+    }
+    if let Some(scope) = &b.scope
+        && scope.chars().any(|c| c.is_control())
+    {
+        p.push(
+            format!("{path}.scope"),
+            "must not contain control characters",
+        );
+    }
+    let subject = format!("{path}.subject");
+    match &b.subject {
+        SubjectSource::ServiceAccountToken(sa) => {
+            if sa.audience.trim().is_empty() {
+                p.push(
+                    format!("{subject}.serviceAccountToken.audience"),
+                    "must not be blank",
+                );
+            }
+            if !(MIN_SA_TOKEN_EXPIRATION_SECONDS..=MAX_SA_TOKEN_EXPIRATION_SECONDS)
+                .contains(&sa.expiration_seconds)
+            {
+                p.push(
+                    format!("{subject}.serviceAccountToken.expirationSeconds"),
+                    format!(
+                        "must be between {MIN_SA_TOKEN_EXPIRATION_SECONDS} and \
+                         {MAX_SA_TOKEN_EXPIRATION_SECONDS}"
+                    ),
+                );
+            }
+        }
+        SubjectSource::RequestHeader(h) => {
+            let lower = h.name.to_ascii_lowercase();
+            if h.name.is_empty() || !h.name.bytes().all(is_header_token_byte) {
+                p.push(
+                    format!("{subject}.requestHeader.name"),
+                    "must be an HTTP header name",
+                );
+            } else if RESERVED_SUBJECT_HEADERS.contains(&lower.as_str())
+                || lower.starts_with("mcp-")
+            {
+                p.push(
+                    format!("{subject}.requestHeader.name"),
+                    format!("{} cannot carry a subject token", h.name),
+                );
+            }
+        }
+        SubjectSource::CivicTokenSecretRef(r) => {
+            secret_ref(p, &format!("{subject}.civicTokenSecretRef"), r);
+            // A static Civic token is used as-is: these exchange parameters would be ignored.
+            for (set, field) in [
+                (b.token_ttl_seconds.is_some(), "tokenTtlSeconds"),
+                (b.scope.is_some(), "scope"),
+                (b.subject_token_type.is_some(), "subjectTokenType"),
+            ] {
+                if set {
+                    p.push(
+                        format!("{path}.{field}"),
+                        "has no effect with subject.civicTokenSecretRef (no exchange happens)",
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn secret_ref(p: &mut Problems, path: &str, r: &SecretKeyRef) {
+    if !is_dns_subdomain(&r.name) {
+        p.push(format!("{path}.name"), "must be a valid Secret name");
+    }
+    let key_ok = !r.key.is_empty()
+        && r.key.len() <= 253
+        && r.key != "."
+        && r.key != ".."
+        && r.key
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+    if !key_ok {
+        p.push(
+            format!("{path}.key"),
+            "must be a valid Secret key (a-z, A-Z, 0-9, '-', '_', '.')",
+        );
+    }
+}
+
+/// HTTPS anywhere; plain HTTP only to a loopback host (tests and local fakes).
+fn endpoint_url(p: &mut Problems, path: &str, raw: &str) {
+    let url = match Url::parse(raw) {
+        Ok(u) => u,
+        Err(e) => {
+            p.push(path, format!("is not a URL: {e}"));
+            return;
+        }
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&url) => {}
+        "http" => p.push(path, "must use https (http only for a loopback host)"),
+        other => p.push(path, format!("unsupported scheme {other:?}; use https")),
+    }
+    if url.host().is_none() {
+        p.push(path, "must have a host");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        p.push(path, "must not carry credentials");
+    }
+    if url.fragment().is_some() {
+        p.push(path, "must not have a fragment");
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+fn label_selector(p: &mut Problems, path: &str, sel: &LabelSelector) {
+    for (k, v) in sel.match_labels.iter().flatten() {
+        if !is_label_key(k) {
+            p.push(
+                format!("{path}.matchLabels"),
+                format!("invalid label key {k:?}"),
+            );
+        }
+        if !is_label_value(v) {
+            p.push(
+                format!("{path}.matchLabels"),
+                format!("invalid label value {v:?} for {k:?}"),
+            );
+        }
+    }
+    for (i, r) in sel.match_expressions.iter().flatten().enumerate() {
+        let rp = format!("{path}.matchExpressions[{i}]");
+        if !is_label_key(&r.key) {
+            p.push(&rp, format!("invalid label key {:?}", r.key));
+        }
+        let values = r.values.as_deref().unwrap_or_default();
+        match r.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => p.push(
+                &rp,
+                format!("operator {} needs at least one value", r.operator),
+            ),
+            "Exists" | "DoesNotExist" if !values.is_empty() => {
+                p.push(&rp, format!("operator {} takes no values", r.operator))
+            }
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            other => p.push(
+                &rp,
+                format!("unknown operator {other:?} (In, NotIn, Exists, DoesNotExist)"),
+            ),
+        }
+        for v in values {
+            if !is_label_value(v) {
+                p.push(&rp, format!("invalid label value {v:?}"));
+            }
+        }
+    }
+}
+
+/// The selector as kube's matcher, when it is valid.
+pub fn selector(sel: &LabelSelector) -> Option<Selector> {
+    let mut p = Problems::default();
+    label_selector(&mut p, "", sel);
+    if !p.0.is_empty() {
+        return None;
+    }
+    Selector::try_from(sel.clone()).ok()
+}
+
+fn is_header_token_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"!#$%&'*+.^_`|~-".contains(&c)
+}
+
+fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// `[prefix/]name`: prefix a DNS subdomain, name ≤ 63 alphanumerics with `-_.` inside.
+fn is_label_key(k: &str) -> bool {
+    let (prefix, name) = match k.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, k),
+    };
+    prefix.is_none_or(is_dns_subdomain) && !name.is_empty() && is_label_value(name)
+}
+
+fn is_label_value(v: &str) -> bool {
+    let b = v.as_bytes();
+    v.len() <= 63
+        && (b.is_empty()
+            || (b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{RequestHeaderSubject, ServiceAccountTokenSubject, SidecarOverrides};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn binding(name: &str) -> ProfileBinding {
+        ProfileBinding {
+            name: name.into(),
+            pod_selector: LabelSelector {
+                match_labels: Some([("app".to_string(), "agent".to_string())].into()),
+                match_expressions: None,
+            },
+            profile_id: "7c9e6679-7425-40de-944b-e07fc1f90ae7".into(),
+            lock_profile: true,
+            subject: SubjectSource::ServiceAccountToken(ServiceAccountTokenSubject {
+                audience: "civic".into(),
+                expiration_seconds: 3600,
+            }),
+            subject_token_type: None,
+            token_ttl_seconds: None,
+            scope: None,
+        }
+    }
+
+    fn spec() -> CivicIntegrationSpec {
+        CivicIntegrationSpec {
+            client_id: "client-123".into(),
+            client_secret_ref: SecretKeyRef {
+                name: "civic-credentials".into(),
+                key: "client-secret".into(),
+            },
+            hub_url: "https://app.civic.com/hub/mcp".into(),
+            token_url: "https://auth.civic.com/oauth/token".into(),
+            bindings: vec![binding("support")],
+            sidecar: None,
+        }
+    }
+
+    fn paths(spec: &CivicIntegrationSpec) -> Vec<String> {
+        match validate(spec) {
+            Ok(()) => vec![],
+            Err(e) => e.0.into_iter().map(|p| p.path).collect(),
+        }
+    }
+
+    #[test]
+    fn a_good_spec_passes() {
+        assert_eq!(validate(&spec()), Ok(()));
+    }
+
+    #[test]
+    fn loopback_http_is_allowed_and_other_http_is_not() {
+        let mut s = spec();
+        s.token_url = "http://127.0.0.1:4567/oauth/token".into();
+        s.hub_url = "http://[::1]:80/hub/mcp".into();
+        assert_eq!(validate(&s), Ok(()));
+        s.hub_url = "http://localhost/hub/mcp".into();
+        assert_eq!(validate(&s), Ok(()));
+        s.token_url = "http://auth.civic.com/oauth/token".into();
+        assert_eq!(paths(&s), ["spec.tokenUrl"]);
+        s.token_url = "ftp://auth.civic.com/x".into();
+        assert_eq!(paths(&s), ["spec.tokenUrl"]);
+        s.token_url = "https://user:pw@auth.civic.com/oauth/token".into();
+        assert_eq!(paths(&s), ["spec.tokenUrl"]);
+        s.token_url = "not a url".into();
+        assert_eq!(paths(&s), ["spec.tokenUrl"]);
+    }
+
+    #[test]
+    fn client_id_must_be_usable_in_basic_auth() {
+        let mut s = spec();
+        s.client_id = "  ".into();
+        assert_eq!(paths(&s), ["spec.clientId"]);
+        s.client_id = "a:b".into();
+        assert_eq!(paths(&s), ["spec.clientId"]);
+    }
+
+    #[test]
+    fn duplicate_binding_names_are_reported() {
+        let mut s = spec();
+        s.bindings.push(binding("support"));
+        let e = validate(&s).unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert!(e.to_string().contains("unique"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let mut s = spec();
+        let mut b = binding("Bad_Name");
+        b.profile_id = "not-a-uuid".into();
+        b.pod_selector.match_expressions = Some(vec![
+            LabelSelectorRequirement {
+                key: "tier".into(),
+                operator: "In".into(),
+                values: None,
+            },
+            LabelSelectorRequirement {
+                key: "x".into(),
+                operator: "Near".into(),
+                values: None,
+            },
+        ]);
+        b.subject = SubjectSource::ServiceAccountToken(ServiceAccountTokenSubject {
+            audience: "civic".into(),
+            expiration_seconds: 599,
+        });
+        s.bindings = vec![b];
+        s.client_secret_ref.key = "bad/key".into();
+        assert_eq!(
+            paths(&s),
+            [
+                "spec.clientSecretRef.key",
+                "spec.bindings[Bad_Name].name",
+                "spec.bindings[Bad_Name].profileId",
+                "spec.bindings[Bad_Name].podSelector.matchExpressions[0]",
+                "spec.bindings[Bad_Name].podSelector.matchExpressions[1]",
+                "spec.bindings[Bad_Name].subject.serviceAccountToken.expirationSeconds",
+            ]
+        );
+        let msg = validate(&s).unwrap_err().to_string();
+        assert!(msg.contains("needs at least one value"), "{msg}");
+        assert!(msg.contains("between 600"), "{msg}");
+    }
+
+    #[test]
+    fn reserved_headers_cannot_carry_the_subject() {
+        let mut s = spec();
+        for (name, ok) in [
+            ("Authorization", true),
+            ("X-User-Token", true),
+            ("Host", false),
+            ("Mcp-Session-Id", false),
+            ("x-civic-profile-id", false),
+            ("bad header", false),
+        ] {
+            s.bindings[0].subject =
+                SubjectSource::RequestHeader(RequestHeaderSubject { name: name.into() });
+            assert_eq!(validate(&s).is_ok(), ok, "{name}");
+        }
+    }
+
+    #[test]
+    fn static_tokens_reject_exchange_parameters() {
+        let mut s = spec();
+        s.bindings[0].subject = SubjectSource::CivicTokenSecretRef(SecretKeyRef {
+            name: "civic-token".into(),
+            key: "token".into(),
+        });
+        assert_eq!(validate(&s), Ok(()));
+        s.bindings[0].scope = Some("mcp".into());
+        s.bindings[0].token_ttl_seconds = Some(600);
+        assert_eq!(
+            paths(&s),
+            [
+                "spec.bindings[support].tokenTtlSeconds",
+                "spec.bindings[support].scope"
+            ]
+        );
+    }
+
+    #[test]
+    fn sidecar_image_must_not_be_blank() {
+        let mut s = spec();
+        s.sidecar = Some(SidecarOverrides {
+            image: Some(" ".into()),
+            resources: None,
+        });
+        assert_eq!(paths(&s), ["spec.sidecar.image"]);
+    }
+
+    #[test]
+    fn selector_matches_only_when_valid() {
+        let b = binding("a");
+        let sel = selector(&b.pod_selector).expect("valid");
+        use kube::core::SelectorExt;
+        assert!(sel.matches(&[("app".to_string(), "agent".to_string())].into()));
+        assert!(!sel.matches(&[("app".to_string(), "other".to_string())].into()));
+        let bad = LabelSelector {
+            match_labels: Some([("bad key!".to_string(), "v".to_string())].into()),
+            match_expressions: None,
+        };
+        assert!(selector(&bad).is_none());
+    }
+
+    #[test]
+    fn label_syntax() {
+        assert!(is_label_key("app"));
+        assert!(is_label_key("mcp.civic.com/inject"));
+        assert!(!is_label_key("/inject"));
+        assert!(!is_label_key("Bad_Prefix/x"));
+        assert!(is_label_value(""));
+        assert!(!is_label_value("-x"));
+        assert!(!is_label_value(&"a".repeat(64)));
+    }
+}
