@@ -1,0 +1,111 @@
+{{/*
+Names, labels and shared snippets. rbac.yaml uses the same helpers, so the ServiceAccount,
+Roles and bindings always agree on names.
+*/}}
+
+{{/* Chart name, overridable. */}}
+{{- define "civic-mcp.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Release-qualified name; the release name alone when it already contains the chart name. */}}
+{{- define "civic-mcp.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "civic-mcp.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object the chart renders. */}}
+{{- define "civic-mcp.labels" -}}
+helm.sh/chart: {{ include "civic-mcp.chart" . }}
+{{ include "civic-mcp.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: civic-mcp
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of the operator pods (immutable once installed). */}}
+{{- define "civic-mcp.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "civic-mcp.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/* Fixed: rbac.yaml (rendered by plain namespace substitution in the operator's tests) names it. */}}
+{{- define "civic-mcp.serviceAccountName" -}}
+civic-mcp-operator
+{{- end }}
+
+{{/* Object names shared between templates and the operator's environment. */}}
+{{- define "civic-mcp.webhookServiceName" -}}
+{{- printf "%s-webhook" (include "civic-mcp.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "civic-mcp.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "civic-mcp.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "civic-mcp.webhookConfigName" -}}
+{{- include "civic-mcp.fullname" . }}
+{{- end }}
+
+{{- define "civic-mcp.webhookCertSecretName" -}}
+{{- if .Values.webhook.certManager.enabled }}
+{{- default (printf "%s-webhook-cert-manager-tls" (include "civic-mcp.fullname" .)) .Values.webhook.certManager.secretName | trunc 253 }}
+{{- else }}
+{{- printf "%s-webhook-tls" (include "civic-mcp.fullname" .) | trunc 253 }}
+{{- end }}
+{{- end }}
+
+{{/* Fixed: rbac.yaml grants get/update on this Lease name only. */}}
+{{- define "civic-mcp.leaseName" -}}
+civic-mcp-operator
+{{- end }}
+
+{{- define "civic-mcp.tokenUrlCaConfigMapName" -}}
+{{- printf "%s-token-url-ca" (include "civic-mcp.fullname" .) | trunc 253 }}
+{{- end }}
+
+{{- define "civic-mcp.certificateName" -}}
+{{- printf "%s-webhook" (include "civic-mcp.fullname" .) | trunc 253 }}
+{{- end }}
+
+{{- define "civic-mcp.issuerName" -}}
+{{- printf "%s-selfsigned" (include "civic-mcp.fullname" .) | trunc 253 }}
+{{- end }}
+
+{{/* `repository:tag` or `repository@digest`; the tag defaults to the chart's appVersion. */}}
+{{- define "civic-mcp.image" -}}
+{{- $img := index . 0 }}
+{{- $root := index . 1 }}
+{{- if $img.digest }}
+{{- printf "%s@%s" $img.repository $img.digest }}
+{{- else }}
+{{- printf "%s:%s" $img.repository (default $root.Chart.AppVersion $img.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The restricted Pod Security Standard, for every container the chart runs. */}}
+{{- define "civic-mcp.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
