@@ -28,6 +28,13 @@ bash tests/peers/install.sh
 step "helm"
 bash scripts/install-helm.sh
 
+step "chart validation venv (kubernetes-validate, outside the repo)"
+venv="${CIVIC_VENV:-$HOME/.cache/civic-mcp/venv}"
+if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -q '1.37.0'; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==1.37.0"
+fi
+
 if [ -x scripts/kube/build.sh ] || [ -f scripts/kube/build.sh ]; then
   step "kube-apiserver 1.20 from Debian source (cached outside the repo)"
   bash scripts/kube/build.sh

@@ -21,6 +21,9 @@ step "cargo nextest (unit, loopback, SDK peers, kube-apiserver tier)"
 rm -rf target/civic-test-logs
 cargo nextest run --workspace --locked --profile ci --no-tests=fail
 
+step "chart checks (helm lint/template, kubernetes-validate, golden, schema, shellcheck)"
+bash tests/chart/check.sh
+
 if [ -x tests/scan_logs.sh ] || [ -f tests/scan_logs.sh ]; then
   step "secret scan over every captured log line"
   bash tests/scan_logs.sh target/civic-test-logs
