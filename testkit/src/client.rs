@@ -417,6 +417,21 @@ pub async fn can_connect(addr: SocketAddr) -> bool {
     )
 }
 
+/// Decode as much of a (possibly still incomplete) gzip stream as is available, so a test can
+/// check that each flushed event is readable on arrival.
+pub fn gunzip_prefix(data: &[u8]) -> Vec<u8> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    let mut dec = flate2::read::GzDecoder::new(data);
+    let mut buf = [0u8; 8192];
+    loop {
+        match dec.read(&mut buf) {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
