@@ -35,6 +35,22 @@ pub const ENV_SCOPE: &str = "CIVIC_SCOPE";
 pub const ENV_PROFILE_HEADER: &str = "CIVIC_PROFILE_HEADER";
 /// Log filter and format (tracing `EnvFilter` syntax).
 pub const ENV_LOG: &str = "CIVIC_LOG";
+/// Log output format: `json` (default) or `text`.
+pub const ENV_LOG_FORMAT: &str = "CIVIC_LOG_FORMAT";
+/// Extra PEM CA certificates trusted for the hub and token endpoint, besides the webpki roots.
+pub const ENV_CA_FILE: &str = "CIVIC_CA_FILE";
+/// Largest request body forwarded to the hub, bytes; larger bodies get 413.
+pub const ENV_MAX_BODY_BYTES: &str = "CIVIC_MAX_BODY_BYTES";
+/// Comma-separated `Origin` allow-list; the keyword `loopback` allows any loopback origin.
+pub const ENV_ALLOWED_ORIGINS: &str = "CIVIC_ALLOWED_ORIGINS";
+/// How long open streams may run after SIGTERM before the sidecar exits, seconds.
+pub const ENV_SHUTDOWN_GRACE_SECONDS: &str = "CIVIC_SHUTDOWN_GRACE_SECONDS";
+/// Timeout of one token-exchange call, seconds (at most 15).
+pub const ENV_EXCHANGE_TIMEOUT_SECONDS: &str = "CIVIC_EXCHANGE_TIMEOUT_SECONDS";
+/// Bound on distinct subjects cached in per-user (header) mode.
+pub const ENV_MAX_CACHED_SUBJECTS: &str = "CIVIC_MAX_CACHED_SUBJECTS";
+/// Runtime worker threads; 1 runs everything on one thread.
+pub const ENV_WORKER_THREADS: &str = "CIVIC_WORKER_THREADS";
 
 /// Port of the proxy listener.
 pub const PROXY_PORT: u16 = 8931;
@@ -46,6 +62,16 @@ pub const DEFAULT_HUB_URL: &str = "https://app.civic.com/hub/mcp";
 pub const DEFAULT_TOKEN_URL: &str = "https://auth.civic.com/oauth/token";
 pub const DEFAULT_SUBJECT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 pub const DEFAULT_PROFILE_HEADER: &str = "x-civic-profile-id";
+pub const DEFAULT_LOG: &str = "info";
+pub const DEFAULT_LOG_FORMAT: &str = "json";
+/// 4 MiB, the official Python MCP server's own limit.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 * 1024 * 1024;
+pub const DEFAULT_ALLOWED_ORIGINS: &str = "loopback";
+pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 20;
+pub const DEFAULT_EXCHANGE_TIMEOUT_SECONDS: u64 = 10;
+pub const MAX_EXCHANGE_TIMEOUT_SECONDS: u64 = 15;
+pub const DEFAULT_MAX_CACHED_SUBJECTS: usize = 1024;
+pub const DEFAULT_WORKER_THREADS: usize = 1;
 /// The only path the proxy forwards.
 pub const MCP_PATH: &str = "/hub/mcp";
 

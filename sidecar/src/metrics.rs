@@ -1,0 +1,222 @@
+//! Prometheus metrics of the sidecar (prefix `civic_sidecar_`). No label carries a per-request or
+//! per-user value: labels are status codes and error categories only.
+//!
+//! | Metric | Type | Labels | Meaning |
+//! |---|---|---|---|
+//! | `civic_sidecar_requests_total` | counter | `code` | Workload requests answered, by HTTP status |
+//! | `civic_sidecar_upstream_request_duration_seconds` | histogram | | Hub response time (to headers) |
+//! | `civic_sidecar_upstream_connections_total` | counter | `result` | Upstream connections opened |
+//! | `civic_sidecar_exchanges_total` | counter | `result` | Token exchanges: `ok` or an error category |
+//! | `civic_sidecar_exchange_duration_seconds` | histogram | | Token-exchange call duration |
+//! | `civic_sidecar_token_cache_hits_total` | counter | | Requests served from a cached token |
+//! | `civic_sidecar_token_cache_misses_total` | counter | | Requests that needed an exchange |
+//! | `civic_sidecar_token_refreshes_total` | counter | | Background refreshes started ahead of expiry |
+//! | `civic_sidecar_cached_tokens` | gauge | | Tokens held in the cache |
+//! | `civic_sidecar_open_streams` | gauge | | Hub responses currently streaming to workloads |
+//! | `civic_sidecar_token_expiry_seconds` | gauge | | Seconds until the current token is unusable (soonest in header mode; NaN when unknown) |
+//! | `civic_sidecar_build_info` | gauge | `version` | Always 1 |
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    PullingGauge, Registry, TextEncoder,
+};
+
+/// All metrics, registered in their own registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub upstream_duration: Histogram,
+    pub upstream_connections: IntCounterVec,
+    pub exchanges: IntCounterVec,
+    pub exchange_duration: Histogram,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    pub refreshes: IntCounter,
+    pub cached_tokens: IntGauge,
+    pub open_streams: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "civic_sidecar_requests_total",
+                "Workload requests answered, by HTTP status code.",
+            ),
+            &["code"],
+        )
+        .expect("valid metric");
+        let upstream_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "civic_sidecar_upstream_request_duration_seconds",
+                "Time from sending a request to the hub to receiving its response headers.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+        )
+        .expect("valid metric");
+        let upstream_connections = IntCounterVec::new(
+            Opts::new(
+                "civic_sidecar_upstream_connections_total",
+                "Connections opened to the hub, by result (ok, error, timeout).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let exchanges = IntCounterVec::new(
+            Opts::new(
+                "civic_sidecar_exchanges_total",
+                "Token exchanges with Civic Auth, by result (ok or an error category).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let exchange_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "civic_sidecar_exchange_duration_seconds",
+                "Duration of token-exchange calls to Civic Auth.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0,
+            ]),
+        )
+        .expect("valid metric");
+        let cache_hits = IntCounter::new(
+            "civic_sidecar_token_cache_hits_total",
+            "Requests served with a cached token.",
+        )
+        .expect("valid metric");
+        let cache_misses = IntCounter::new(
+            "civic_sidecar_token_cache_misses_total",
+            "Requests that found no usable cached token.",
+        )
+        .expect("valid metric");
+        let refreshes = IntCounter::new(
+            "civic_sidecar_token_refreshes_total",
+            "Background token refreshes started ahead of expiry.",
+        )
+        .expect("valid metric");
+        let cached_tokens =
+            IntGauge::new("civic_sidecar_cached_tokens", "Tokens held in the cache.")
+                .expect("valid metric");
+        let open_streams = IntGauge::new(
+            "civic_sidecar_open_streams",
+            "Hub responses currently streaming to workloads.",
+        )
+        .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new("civic_sidecar_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(upstream_duration.clone()),
+            Box::new(upstream_connections.clone()),
+            Box::new(exchanges.clone()),
+            Box::new(exchange_duration.clone()),
+            Box::new(cache_hits.clone()),
+            Box::new(cache_misses.clone()),
+            Box::new(refreshes.clone()),
+            Box::new(cached_tokens.clone()),
+            Box::new(open_streams.clone()),
+            Box::new(build_info),
+        ] {
+            registry.register(collector).expect("unique metric names");
+        }
+        Self {
+            registry,
+            requests,
+            upstream_duration,
+            upstream_connections,
+            exchanges,
+            exchange_duration,
+            cache_hits,
+            cache_misses,
+            refreshes,
+            cached_tokens,
+            open_streams,
+        }
+    }
+
+    /// Registers `civic_sidecar_token_expiry_seconds`, computed at each scrape by `seconds`
+    /// (`None` is exported as NaN).
+    pub fn register_token_expiry(&self, seconds: impl Fn() -> Option<f64> + Send + Sync + 'static) {
+        let gauge = PullingGauge::new(
+            "civic_sidecar_token_expiry_seconds",
+            "Seconds until the current token stops being used (soonest in header mode; NaN when unknown).",
+            Box::new(move || seconds().unwrap_or(f64::NAN)),
+        )
+        .expect("valid metric");
+        // A second registration (tests building two servers on one Metrics) is harmless.
+        let _ = self.registry.register(Box::new(gauge));
+    }
+
+    /// Counts one answered workload request.
+    pub fn observe_request(&self, status: http::StatusCode) {
+        self.requests.with_label_values(&[status.as_str()]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = Vec::with_capacity(8 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_every_metric_with_prefix() {
+        let m = Metrics::new();
+        m.observe_request(http::StatusCode::OK);
+        m.exchanges.with_label_values(&["ok"]).inc();
+        m.upstream_connections.with_label_values(&["ok"]).inc();
+        m.register_token_expiry(|| Some(42.0));
+        let text = m.encode();
+        for name in [
+            "civic_sidecar_requests_total{code=\"200\"} 1",
+            "civic_sidecar_upstream_request_duration_seconds_bucket",
+            "civic_sidecar_exchanges_total{result=\"ok\"} 1",
+            "civic_sidecar_exchange_duration_seconds_bucket",
+            "civic_sidecar_token_cache_hits_total 0",
+            "civic_sidecar_token_cache_misses_total 0",
+            "civic_sidecar_token_refreshes_total 0",
+            "civic_sidecar_open_streams 0",
+            "civic_sidecar_cached_tokens 0",
+            "civic_sidecar_token_expiry_seconds 42",
+            "civic_sidecar_build_info{version=",
+        ] {
+            assert!(text.contains(name), "{name} missing in\n{text}");
+        }
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("civic_sidecar_"), "{line}");
+        }
+    }
+}

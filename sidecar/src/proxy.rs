@@ -1,0 +1,344 @@
+//! The data path: one workload request in, one hub request out (protocol.md §7 statements 1–7,
+//! 17–19, 21–28).
+//!
+//! Order of checks: DNS-rebinding guard (`Host` 421, `Origin` 403), route (404), method (405),
+//! declared size (413), token, body. Small bodies (≤ [`REPLAY_LIMIT`]) are read whole so the
+//! request can be replayed once after an upstream 401 with a fresh token; larger ones stream
+//! through, counted against the limit.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, HOST, ORIGIN};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use tokio::sync::Mutex;
+
+use crate::body::{BodyError, RequestBody, ResponseBody, StreamGuard};
+use crate::config::{Config, SubjectMode};
+use crate::contract::MCP_PATH;
+use crate::error::ProxyError;
+use crate::exchange::Exchange;
+use crate::guard::{OriginPolicy, is_loopback_authority};
+use crate::headers::{RequestRewrite, rewrite_response, strip_profile_params};
+use crate::metrics::Metrics;
+use crate::token::{Token, TokenSource};
+use crate::upstream::{Upstream, UpstreamSlot};
+
+/// Bodies up to this size are buffered whole, so a request can be replayed after a 401.
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// The proxy's shared, immutable state.
+pub struct Proxy<E> {
+    tokens: Arc<TokenSource<E>>,
+    upstream: Upstream,
+    rewrite: RequestRewrite,
+    hub_path: String,
+    strip_profile_query: bool,
+    max_body_bytes: u64,
+    origins: OriginPolicy,
+    metrics: Arc<Metrics>,
+}
+
+impl<E> std::fmt::Debug for Proxy<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("upstream", &self.upstream)
+            .field("hub_path", &self.hub_path)
+            .finish()
+    }
+}
+
+/// State of one workload connection.
+pub type Connection = Arc<Mutex<UpstreamSlot>>;
+
+impl<E: Exchange> Proxy<E> {
+    /// Builds the proxy for `config`, forwarding to `upstream` with tokens from `tokens`.
+    pub fn new(
+        config: &Config,
+        tokens: Arc<TokenSource<E>>,
+        upstream: Upstream,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let subject_header = match &config.mode {
+            SubjectMode::Header { name, .. } => Some(name.clone()),
+            _ => None,
+        };
+        let profile_value = config.profile.map(|p| {
+            HeaderValue::from_str(&p.hyphenated().to_string()).expect("a UUID is a header value")
+        });
+        Self {
+            tokens,
+            upstream,
+            rewrite: RequestRewrite {
+                authority: HeaderValue::from_str(&config.hub_authority())
+                    .expect("a URL authority is a header value"),
+                profile_header: config.profile_header.clone(),
+                profile_value,
+                subject_header,
+                product: concat!("civic-sidecar/", env!("CARGO_PKG_VERSION")),
+            },
+            hub_path: config.hub_url.path().to_string(),
+            strip_profile_query: config.profile.is_some() && config.profile_lock,
+            max_body_bytes: config.max_body_bytes,
+            origins: config.allowed_origins.clone(),
+            metrics,
+        }
+    }
+
+    /// State for a new workload connection.
+    pub fn connection(&self) -> Connection {
+        Arc::new(Mutex::new(UpstreamSlot::default()))
+    }
+
+    /// Answers one workload request.
+    pub async fn handle(
+        &self,
+        connection: &Connection,
+        request: Request<Incoming>,
+    ) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let response = match self.forward(connection, request).await {
+            Ok(response) => response,
+            Err(error) => {
+                let status = error.status();
+                if status.is_server_error() || status == StatusCode::BAD_GATEWAY {
+                    tracing::warn!(%method, status = status.as_u16(), reason = error.category(), error = %error, "request failed");
+                } else {
+                    tracing::debug!(%method, status = status.as_u16(), reason = error.category(), "request refused");
+                }
+                error.into_response()
+            }
+        };
+        self.metrics.observe_request(response.status());
+        tracing::debug!(
+            %method,
+            status = response.status().as_u16(),
+            duration_us = started.elapsed().as_micros() as u64,
+            "request"
+        );
+        response
+    }
+
+    async fn forward(
+        &self,
+        connection: &Connection,
+        request: Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let (mut parts, body) = request.into_parts();
+        self.check(&parts.headers)?;
+        if parts.uri.path() != MCP_PATH {
+            return Err(ProxyError::NotFound);
+        }
+        if !matches!(parts.method, Method::POST | Method::GET | Method::DELETE) {
+            return Err(ProxyError::MethodNotAllowed);
+        }
+        if let Some(length) = content_length(&parts.headers)
+            && length > self.max_body_bytes
+        {
+            return Err(ProxyError::BodyTooLarge(self.max_body_bytes));
+        }
+        let token = self.tokens.token(&parts.headers).await?;
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let body = self.read_body(body, &exceeded).await?;
+
+        parts.uri = self.upstream_uri(&parts.uri)?;
+        parts.version = Version::HTTP_11;
+        parts.extensions = http::Extensions::new();
+        self.rewrite.apply(&mut parts.headers);
+        // Only small, complete bodies are kept for a replay; the copy is cheap (`Bytes`).
+        let replay = match (&body, token.renewable()) {
+            (RequestBody::Full { data }, true) => Some(Replay {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                headers: parts.headers.clone(),
+                data: data.clone().unwrap_or_default(),
+            }),
+            _ => None,
+        };
+        RequestRewrite::set_bearer(&mut parts.headers, &token.bearer);
+
+        let mut response = match self
+            .send(connection, Request::from_parts(parts, body))
+            .await
+        {
+            Err(_) if exceeded.load(Ordering::Relaxed) => {
+                return Err(ProxyError::BodyTooLarge(self.max_body_bytes));
+            }
+            other => other?,
+        };
+        if response.status() == StatusCode::UNAUTHORIZED {
+            response = self.after_unauthorized(connection, &token, replay).await?;
+        }
+        Ok(self.relay(response))
+    }
+
+    /// Statements 17 and 18: drop the rejected token, exchange once, replay once; a second 401
+    /// (or a request that cannot be replayed) becomes 502 without the hub's challenge.
+    async fn after_unauthorized(
+        &self,
+        connection: &Connection,
+        rejected: &Token,
+        replay: Option<Replay>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        if !rejected.renewable() {
+            return Err(ProxyError::UpstreamRejectedToken("static access"));
+        }
+        let Some(replay) = replay else {
+            self.tokens.reject(rejected);
+            tracing::warn!("hub answered 401 to a request too large to replay");
+            return Err(ProxyError::UpstreamRejectedToken("exchanged"));
+        };
+        let fresh = self.tokens.renew(rejected).await?;
+        tracing::info!("hub answered 401; replaying once with a fresh token");
+        let mut request = Request::new(RequestBody::full(replay.data));
+        *request.method_mut() = replay.method;
+        *request.uri_mut() = replay.uri;
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = replay.headers;
+        RequestRewrite::set_bearer(request.headers_mut(), &fresh.bearer);
+        let response = self.send(connection, request).await?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            self.tokens.reject(&fresh);
+            return Err(ProxyError::UpstreamRejectedToken("exchanged"));
+        }
+        Ok(response)
+    }
+
+    async fn send(
+        &self,
+        connection: &Connection,
+        request: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let started = Instant::now();
+        let mut slot = connection.lock().await;
+        let response = slot.send(&self.upstream, request).await;
+        self.metrics
+            .upstream_duration
+            .observe(started.elapsed().as_secs_f64());
+        response
+    }
+
+    fn relay(&self, response: Response<Incoming>) -> Response<ResponseBody> {
+        let (mut parts, body) = response.into_parts();
+        rewrite_response(&mut parts.headers);
+        parts.extensions.clear();
+        let body = if body.is_end_stream() {
+            ResponseBody::empty()
+        } else {
+            ResponseBody::upstream(body, StreamGuard::new(self.metrics.clone()))
+        };
+        Response::from_parts(parts, body)
+    }
+
+    /// Statements 4 and 5.
+    fn check(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
+        // Absent Host (HTTP/1.0) is not a rebinding attempt: browsers always send one.
+        if let Some(host) = headers.get(HOST)
+            && !is_loopback_authority(host.as_bytes())
+        {
+            return Err(ProxyError::MisdirectedHost);
+        }
+        for origin in headers.get_all(ORIGIN) {
+            if !self.origins.allows(origin.as_bytes()) {
+                return Err(ProxyError::ForbiddenOrigin);
+            }
+        }
+        Ok(())
+    }
+
+    /// The hub path with the workload's query (statement 6), minus profile parameters when the
+    /// token is profile-locked (statement 25).
+    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, ProxyError> {
+        let target = match uri.query() {
+            None => return Uri::try_from(self.hub_path.as_str()).map_err(|_| ProxyError::NotFound),
+            Some(query) if self.strip_profile_query => {
+                let stripped = strip_profile_params(query);
+                if stripped.len() != query.len() {
+                    tracing::debug!(
+                        "removed profile query parameters: the token is profile-locked"
+                    );
+                }
+                if stripped.is_empty() {
+                    self.hub_path.clone()
+                } else {
+                    format!("{}?{}", self.hub_path, stripped)
+                }
+            }
+            Some(query) => format!("{}?{}", self.hub_path, query),
+        };
+        Uri::try_from(target).map_err(|_| ProxyError::RequestBody("invalid query string".into()))
+    }
+
+    /// Reads up to [`REPLAY_LIMIT`] bytes; a body that ends by then is returned whole, a longer
+    /// one streams on (statement 28 counts it against the limit either way).
+    async fn read_body(
+        &self,
+        mut body: Incoming,
+        exceeded: &Arc<AtomicBool>,
+    ) -> Result<RequestBody, ProxyError> {
+        if body.is_end_stream() {
+            return Ok(RequestBody::full(Bytes::new()));
+        }
+        let limit = self.max_body_bytes;
+        let replay_cap = (REPLAY_LIMIT as u64).min(limit) as usize;
+        let mut buffer = BytesMut::new();
+        loop {
+            match body.frame().await {
+                None => return Ok(RequestBody::full(buffer.freeze())),
+                Some(Err(e)) => return Err(ProxyError::RequestBody(e.to_string())),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        buffer.extend_from_slice(&data);
+                        if buffer.len() as u64 > limit {
+                            return Err(ProxyError::BodyTooLarge(limit));
+                        }
+                        if buffer.len() > replay_cap || body.is_end_stream() {
+                            if body.is_end_stream() {
+                                return Ok(RequestBody::full(buffer.freeze()));
+                            }
+                            return Ok(RequestBody::streaming(
+                                buffer.freeze(),
+                                body,
+                                limit,
+                                exceeded.clone(),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a replay needs: the rewritten request without `Authorization`, and its body.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    data: Bytes,
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+impl From<BodyError> for ProxyError {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::TooLarge(limit) => ProxyError::BodyTooLarge(limit),
+            BodyError::Transport(e) => ProxyError::RequestBody(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! The token each forwarded request carries, per subject mode: a static Civic token from a file,
+//! or an exchanged token for the subject in a file or in a request header.
+//!
+//! Also the two things that depend on the mode: readiness, and (file mode) a warmer task that
+//! mints the first token at start and keeps it fresh even without traffic.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::cache::{self, Backoff, CacheError, CachedToken, Key, TokenCache};
+use crate::config::{Config, SubjectMode};
+use crate::exchange::{ClientCredentials, Exchange, ExchangeRequest};
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+use crate::subject::{self, FileValue, SubjectError, WatchedFile};
+
+/// The warmer looks at the subject and secret files at least this often.
+const WARMER_MAX_SLEEP: Duration = Duration::from_secs(5);
+
+/// Why a request gets no token.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum TokenError {
+    /// No subject token (file unreadable, header missing…).
+    #[error(transparent)]
+    Subject(SubjectError),
+    /// The client secret file is unreadable.
+    #[error(transparent)]
+    Secret(SubjectError),
+    /// The static token file is unreadable or holds an unusable token.
+    #[error(transparent)]
+    Static(SubjectError),
+    /// The static token cannot go into a header.
+    #[error("the access token file holds a value that is not a valid header value")]
+    StaticMalformed,
+    /// The exchange failed (possibly earlier: in backoff).
+    #[error(transparent)]
+    Exchange(CacheError),
+}
+
+impl TokenError {
+    /// Low-cardinality label.
+    pub fn category(&self) -> &'static str {
+        match self {
+            TokenError::Subject(e) => e.category(),
+            TokenError::Secret(_) => "secret_unreadable",
+            TokenError::Static(_) => "static_token_unreadable",
+            TokenError::StaticMalformed => "static_token_malformed",
+            TokenError::Exchange(e) => e.error.category(),
+        }
+    }
+}
+
+/// A token for one request, and what is needed to replace it if the hub rejects it.
+#[derive(Debug, Clone)]
+pub struct Token {
+    /// `Bearer <token>`.
+    pub bearer: HeaderValue,
+    cached: Option<Exchanged>,
+}
+
+#[derive(Debug, Clone)]
+struct Exchanged {
+    key: Key,
+    token: Arc<CachedToken>,
+    subject: Secret,
+}
+
+impl Token {
+    /// Whether a fresh token can be had after the hub rejected this one (exchange modes).
+    pub fn renewable(&self) -> bool {
+        self.cached.is_some()
+    }
+}
+
+/// Readiness of the token source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    NotReady(String),
+}
+
+struct Exchanging<E> {
+    subject: SubjectSource,
+    client_id: String,
+    secret: WatchedFile,
+    token_url: String,
+    subject_token_type: String,
+    profile: Option<Uuid>,
+    lock_profile: bool,
+    expires_in: Option<u32>,
+    scope: Option<String>,
+    cache: TokenCache<E>,
+    /// File mode: the key for (subject generation, secret generation), hashed once per change.
+    key_memo: Mutex<Option<(u64, u64, Key)>>,
+}
+
+enum SubjectSource {
+    File(WatchedFile),
+    Header(HeaderName),
+}
+
+struct Static {
+    file: WatchedFile,
+    memo: Mutex<Option<(u64, HeaderValue)>>,
+}
+
+enum Mode<E> {
+    Static(Static),
+    Exchange(Box<Exchanging<E>>),
+}
+
+/// Gives each forwarded request its token.
+pub struct TokenSource<E> {
+    mode: Mode<E>,
+}
+
+impl<E> std::fmt::Debug for TokenSource<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match &self.mode {
+            Mode::Static(_) => "static",
+            Mode::Exchange(x) => match x.subject {
+                SubjectSource::File(_) => "file",
+                SubjectSource::Header(_) => "header",
+            },
+        };
+        f.debug_struct("TokenSource").field("mode", &mode).finish()
+    }
+}
+
+impl<E: Exchange> TokenSource<E> {
+    /// Builds the source for `config`'s subject mode, exchanging through `exchanger`.
+    pub fn new(config: &Config, exchanger: Arc<E>, metrics: Arc<Metrics>) -> Self {
+        let (subject, credentials, capacity) = match &config.mode {
+            SubjectMode::Static { path } => {
+                return Self {
+                    mode: Mode::Static(Static {
+                        file: WatchedFile::new("access token", path),
+                        memo: Mutex::new(None),
+                    }),
+                };
+            }
+            SubjectMode::File { path, credentials } => (
+                SubjectSource::File(WatchedFile::new("subject token", path)),
+                credentials,
+                1,
+            ),
+            SubjectMode::Header { name, credentials } => (
+                SubjectSource::Header(name.clone()),
+                credentials,
+                config.max_cached_subjects,
+            ),
+        };
+        Self {
+            mode: Mode::Exchange(Box::new(Exchanging {
+                subject,
+                client_id: credentials.client_id.clone(),
+                secret: WatchedFile::new("client secret", &credentials.secret_file),
+                token_url: config.token_url.to_string(),
+                subject_token_type: config.subject_token_type.clone(),
+                profile: config.profile,
+                lock_profile: config.profile_lock,
+                expires_in: config.token_ttl_seconds,
+                scope: config.scope.clone(),
+                cache: TokenCache::new(exchanger, capacity, Backoff::default(), metrics),
+                key_memo: Mutex::new(None),
+            })),
+        }
+    }
+
+    /// The token for a request with these headers.
+    pub async fn token(&self, headers: &HeaderMap) -> Result<Token, TokenError> {
+        match &self.mode {
+            Mode::Static(s) => s.token(),
+            Mode::Exchange(x) => x.token(headers).await,
+        }
+    }
+
+    /// Drops a token the hub rejected, so the next [`token`](Self::token) exchanges again.
+    pub fn reject(&self, token: &Token) {
+        if let (Mode::Exchange(x), Some(cached)) = (&self.mode, &token.cached) {
+            x.cache.invalidate(&cached.key, &cached.token);
+        }
+    }
+
+    /// Drops a rejected token and gets a fresh one for the same subject (one exchange, shared
+    /// with any concurrent renewals).
+    pub async fn renew(&self, rejected: &Token) -> Result<Token, TokenError> {
+        self.reject(rejected);
+        match (&self.mode, &rejected.cached) {
+            (Mode::Exchange(x), Some(cached)) => match &x.subject {
+                SubjectSource::File(_) => x.token(&HeaderMap::new()).await,
+                SubjectSource::Header(_) => {
+                    let secret = x.secret.current().map_err(TokenError::Secret)?.value;
+                    x.fetch(cached.key, cached.subject.clone(), secret).await
+                }
+            },
+            _ => Ok(rejected.clone()),
+        }
+    }
+
+    /// Ready once a token can be served: a valid exchanged token (file mode), a readable
+    /// token file (static mode), at once (header mode).
+    pub fn readiness(&self) -> Readiness {
+        match &self.mode {
+            Mode::Static(s) => match s.token() {
+                Ok(_) => Readiness::Ready,
+                Err(e) => Readiness::NotReady(e.to_string()),
+            },
+            Mode::Exchange(x) => match &x.subject {
+                SubjectSource::Header(_) => Readiness::Ready,
+                SubjectSource::File(file) => x.file_readiness(file),
+            },
+        }
+    }
+
+    /// Seconds until the current token stops being used, when known.
+    pub fn seconds_until_expiry(&self) -> Option<f64> {
+        match &self.mode {
+            Mode::Static(s) => {
+                let value = s.file.current().ok()?;
+                let exp = crate::jwt::expiry(value.value.expose())?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()?
+                    .as_secs_f64();
+                Some(exp as f64 - now)
+            }
+            Mode::Exchange(x) => x.cache.soonest_expiry().map(|d| d.as_secs_f64()),
+        }
+    }
+
+    /// File mode: mints the first token and keeps it fresh ahead of expiry, also without
+    /// traffic, so readiness holds and no request waits. Returns at once in other modes.
+    pub async fn run_warmer(self: Arc<Self>) {
+        let Mode::Exchange(x) = &self.mode else {
+            return;
+        };
+        let SubjectSource::File(file) = &x.subject else {
+            return;
+        };
+        let mut last_problem: Option<String> = None;
+        loop {
+            let wake = match x.file_inputs(file) {
+                Ok((key, subject, secret)) => {
+                    match x
+                        .cache
+                        .prefetch(&key, || x.inputs(subject.value, secret.value))
+                        .await
+                    {
+                        Ok(next) => {
+                            if last_problem.take().is_some() {
+                                tracing::info!("token available again");
+                            }
+                            next
+                        }
+                        Err(e) => {
+                            // The cache already logged the exchange failure.
+                            last_problem = Some(e.error.category().to_string());
+                            e.retry_at
+                        }
+                    }
+                }
+                Err(e) => {
+                    let problem = e.to_string();
+                    if last_problem.as_deref() != Some(problem.as_str()) {
+                        tracing::warn!(error = %problem, "cannot exchange: input file unreadable");
+                    }
+                    last_problem = Some(problem);
+                    Instant::now() + Duration::from_secs(1)
+                }
+            };
+            let now = Instant::now();
+            let sleep = wake
+                .saturating_duration_since(now)
+                .clamp(Duration::from_millis(50), WARMER_MAX_SLEEP);
+            tokio::time::sleep(sleep).await;
+        }
+    }
+}
+
+impl Static {
+    fn token(&self) -> Result<Token, TokenError> {
+        let current = self.file.current().map_err(TokenError::Static)?;
+        let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((generation, bearer)) = memo.as_ref()
+            && *generation == current.generation
+        {
+            return Ok(Token {
+                bearer: bearer.clone(),
+                cached: None,
+            });
+        }
+        let value = current.value.expose();
+        let value = match value.get(..7) {
+            Some(p) if p.eq_ignore_ascii_case("bearer ") => value[7..].trim_start(),
+            _ => value,
+        };
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(TokenError::StaticMalformed);
+        }
+        let bearer = cache::bearer(value).map_err(|_| TokenError::StaticMalformed)?;
+        *memo = Some((current.generation, bearer.clone()));
+        Ok(Token {
+            bearer,
+            cached: None,
+        })
+    }
+}
+
+impl<E: Exchange> Exchanging<E> {
+    async fn token(&self, headers: &HeaderMap) -> Result<Token, TokenError> {
+        let (key, subject, secret) = match &self.subject {
+            SubjectSource::File(file) => {
+                let (key, subject, secret) = self.file_inputs(file)?;
+                (key, subject.value, secret.value)
+            }
+            SubjectSource::Header(name) => {
+                let subject = subject::from_header(headers, name).map_err(TokenError::Subject)?;
+                let secret = self.secret.current().map_err(TokenError::Secret)?.value;
+                let (credentials, request) = self.inputs(subject.clone(), secret.clone());
+                (
+                    cache::key(&self.token_url, &credentials, &request),
+                    subject,
+                    secret,
+                )
+            }
+        };
+        self.fetch(key, subject, secret).await
+    }
+
+    async fn fetch(&self, key: Key, subject: Secret, secret: Secret) -> Result<Token, TokenError> {
+        let token = self
+            .cache
+            .get(&key, || self.inputs(subject.clone(), secret))
+            .await
+            .map_err(TokenError::Exchange)?;
+        Ok(Token {
+            bearer: token.bearer.clone(),
+            cached: Some(Exchanged {
+                key,
+                token,
+                subject,
+            }),
+        })
+    }
+
+    /// File mode: current subject and secret, and their key (hashed once per change).
+    fn file_inputs(&self, file: &WatchedFile) -> Result<(Key, FileValue, FileValue), TokenError> {
+        let subject = file.current().map_err(TokenError::Subject)?;
+        let secret = self.secret.current().map_err(TokenError::Secret)?;
+        let mut memo = self.key_memo.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((s, c, key)) = memo.as_ref()
+            && *s == subject.generation
+            && *c == secret.generation
+        {
+            return Ok((*key, subject, secret));
+        }
+        let (credentials, request) = self.inputs(subject.value.clone(), secret.value.clone());
+        let key = cache::key(&self.token_url, &credentials, &request);
+        *memo = Some((subject.generation, secret.generation, key));
+        Ok((key, subject, secret))
+    }
+
+    fn inputs(&self, subject: Secret, secret: Secret) -> (ClientCredentials, ExchangeRequest) {
+        (
+            ClientCredentials {
+                client_id: self.client_id.clone(),
+                client_secret: secret,
+            },
+            ExchangeRequest {
+                subject_token: subject,
+                subject_token_type: self.subject_token_type.clone(),
+                profile: self.profile,
+                lock_profile: self.lock_profile,
+                expires_in: self.expires_in,
+                scope: self.scope.clone(),
+            },
+        )
+    }
+
+    fn file_readiness(&self, file: &WatchedFile) -> Readiness {
+        match self.file_inputs(file) {
+            Err(e) => Readiness::NotReady(e.to_string()),
+            Ok((key, _, _)) => match self.cache.peek(&key) {
+                Some(_) => Readiness::Ready,
+                None => Readiness::NotReady(match self.cache.last_error(&key) {
+                    Some(e) => format!("no token yet: {e}"),
+                    None => "no token yet: first exchange pending".to_string(),
+                }),
+            },
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Connections to the hub. Each workload connection lazily opens one HTTP/1.1 connection to the
+//! hub and reuses it for its requests ([`UpstreamSlot`]); measured here, that beats a shared pool
+//! (DESIGN.md §7). TLS is rustls with the shared client configuration; `http://` only on loopback.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::task::AbortHandle;
+use tokio_rustls::TlsConnector;
+use url::Url;
+
+use crate::body::{BodyError, RequestBody};
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+
+/// Connect plus TLS handshake plus HTTP handshake must finish within this.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where and how to connect to the hub.
+#[derive(Clone)]
+pub struct Upstream {
+    host: String,
+    port: u16,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    connect_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Why the hub URL cannot be connected to.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("hub URL has no host or port")]
+    NoHost,
+    #[error("hub host is not a valid TLS server name")]
+    ServerName,
+}
+
+impl Upstream {
+    /// Connection settings for `hub_url`; `tls` is used (with ALPN `http/1.1`) for `https`.
+    pub fn new(
+        hub_url: &Url,
+        tls: &ClientConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, UpstreamError> {
+        let host = match hub_url.host() {
+            Some(url::Host::Domain(d)) => d.to_string(),
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            None => return Err(UpstreamError::NoHost),
+        };
+        let port = hub_url
+            .port_or_known_default()
+            .ok_or(UpstreamError::NoHost)?;
+        let tls = if hub_url.scheme() == "https" {
+            let mut config = tls.clone();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let name = ServerName::try_from(host.clone()).map_err(|_| UpstreamError::ServerName)?;
+            Some((TlsConnector::from(Arc::new(config)), name))
+        } else {
+            None
+        };
+        Ok(Self {
+            host,
+            port,
+            tls,
+            connect_timeout: CONNECT_TIMEOUT,
+            metrics,
+        })
+    }
+
+    /// Opens a connection; its driver task runs until the connection closes or is aborted.
+    pub async fn connect(&self) -> Result<(SendRequest<RequestBody>, AbortHandle), ProxyError> {
+        let result = tokio::time::timeout(self.connect_timeout, self.handshake()).await;
+        let label = match &result {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(_)) => "error",
+            Err(_) => "timeout",
+        };
+        self.metrics
+            .upstream_connections
+            .with_label_values(&[label])
+            .inc();
+        let (sender, connection) = match result {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot connect to the hub");
+                return Err(e);
+            }
+            Err(_) => {
+                tracing::warn!("timed out connecting to the hub");
+                return Err(ProxyError::UpstreamConnectTimeout);
+            }
+        };
+        let task = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "hub connection ended with an error");
+            }
+        });
+        Ok((sender, task.abort_handle()))
+    }
+
+    async fn handshake(&self) -> Result<(SendRequest<RequestBody>, BoxedConnection), ProxyError> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| ProxyError::UpstreamConnect(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let builder = http1::Builder::new();
+        match &self.tls {
+            None => {
+                let (sender, conn) = builder
+                    .handshake(TokioIo::new(tcp))
+                    .await
+                    .map_err(|e| ProxyError::UpstreamConnect(e.to_string()))?;
+                Ok((sender, Box::pin(conn)))
+            }
+            Some((connector, name)) => {
+                let tls = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| ProxyError::UpstreamConnect(format!("TLS: {e}")))?;
+                let (sender, conn) = builder
+                    .handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(|e| ProxyError::UpstreamConnect(e.to_string()))?;
+                Ok((sender, Box::pin(conn)))
+            }
+        }
+    }
+}
+
+/// A failed exchange with the hub; a request body over the limit is the workload's fault (413).
+fn upstream_error(error: hyper::Error) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(e) = source {
+        if let Some(BodyError::TooLarge(limit)) = e.downcast_ref::<BodyError>() {
+            return ProxyError::BodyTooLarge(*limit);
+        }
+        source = e.source();
+    }
+    ProxyError::Upstream(error.to_string())
+}
+
+type BoxedConnection =
+    std::pin::Pin<Box<dyn std::future::Future<Output = hyper::Result<()>> + Send>>;
+
+/// One workload connection's hub connection, opened on first use and reopened when it closes.
+/// Dropping the slot (the workload connection ended) closes the hub connection at once.
+#[derive(Debug, Default)]
+pub struct UpstreamSlot {
+    sender: Option<SendRequest<RequestBody>>,
+    task: Option<AbortHandle>,
+}
+
+impl UpstreamSlot {
+    /// Sends `request` on this slot's connection, connecting first if needed. A request the
+    /// old connection closed before sending is retried once on a new connection.
+    pub async fn send(
+        &mut self,
+        upstream: &Upstream,
+        mut request: http::Request<RequestBody>,
+    ) -> Result<http::Response<Incoming>, ProxyError> {
+        loop {
+            let reused = self.ready().await;
+            if !reused {
+                let (sender, task) = upstream.connect().await?;
+                self.close();
+                self.sender = Some(sender);
+                self.task = Some(task);
+            }
+            let sender = self.sender.as_mut().expect("connected above");
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(response),
+                Err(mut e) => {
+                    self.close();
+                    match e.take_message() {
+                        // Never written: the kept-alive connection was already gone.
+                        Some(unsent) if reused => {
+                            tracing::debug!(
+                                "hub connection closed before the request was sent; reconnecting"
+                            );
+                            request = unsent;
+                        }
+                        _ => return Err(upstream_error(e.into_error())),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the current connection can take a request (waits for the previous response body).
+    async fn ready(&mut self) -> bool {
+        let Some(sender) = self.sender.as_mut() else {
+            return false;
+        };
+        if sender.is_closed() || sender.ready().await.is_err() {
+            self.close();
+            return false;
+        }
+        true
+    }
+
+    fn close(&mut self) {
+        self.sender = None;
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for UpstreamSlot {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
