@@ -64,7 +64,7 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "CIVIC_OPERATOR_LEASE_NAME",
-        default_value = "civic-operator"
+        default_value = "civic-mcp-operator"
     )]
     pub lease_name: String,
 
