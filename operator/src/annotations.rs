@@ -11,6 +11,9 @@ pub const BINDING_ANNOTATION: &str = "mcp.civic.com/binding";
 /// Written by the webhook on every pod it injected, as `<integration>/<binding>` (see
 /// [`binding_ref`]). The controller counts a binding's `injectedPods` by it.
 pub const INJECTED_ANNOTATION: &str = "mcp.civic.com/injected";
+/// Written by the webhook next to [`INJECTED_ANNOTATION`]: the `metadata.generation` of the
+/// CivicIntegration the sidecar was rendered from.
+pub const INJECTED_GENERATION_ANNOTATION: &str = "mcp.civic.com/injected-generation";
 
 /// `<integration>/<binding>`, the value of [`BINDING_ANNOTATION`] and [`INJECTED_ANNOTATION`].
 pub fn binding_ref(integration: &str, binding: &str) -> String {

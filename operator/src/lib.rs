@@ -8,6 +8,7 @@ pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod inject;
 pub mod leader;
 pub mod metrics;
 pub mod pods;
