@@ -35,6 +35,9 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the CivicIntegration CustomResourceDefinition as YAML.
     Crd,
+    /// Print Pods and workload manifests with the Civic sidecar injected, exactly as the
+    /// admission webhook would inject them.
+    Inject(crate::inject::command::InjectArgs),
 }
 
 fn duration(s: &str) -> Result<Duration, humantime::DurationError> {

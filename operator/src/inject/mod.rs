@@ -22,6 +22,7 @@
 //! Changes are appends only (new array elements, new keys), so the patch consists of `add`
 //! operations and never moves a field the operator's Rust types do not know about.
 
+pub mod command;
 pub mod select;
 mod sidecar;
 mod volumes;
