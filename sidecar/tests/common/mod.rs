@@ -414,3 +414,54 @@ pub fn token_digest(token: &str) -> String {
     let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
 }
+
+/// A short fingerprint of a value that may hold a secret, for failure messages.
+pub fn fingerprint<T: std::fmt::Debug>(v: &T) -> String {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(format!("{v:?}").as_bytes());
+    d.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// `assert_eq!` for values that may hold tokens or secrets: a failure shows fingerprints only.
+#[macro_export]
+macro_rules! assert_secret_eq {
+    ($left:expr, $right:expr $(,)?) => {
+        $crate::assert_secret_eq!($left, $right, "values differ")
+    };
+    // `match` keeps temporaries alive for the comparison, as `assert_eq!` does.
+    ($left:expr, $right:expr, $($msg:tt)+) => {
+        match (&$left, &$right) {
+            (l, r) => {
+                if l != r {
+                    panic!(
+                        "{} (secret-bearing values; fingerprints {} != {})",
+                        format!($($msg)+),
+                        $crate::common::fingerprint(l),
+                        $crate::common::fingerprint(r)
+                    );
+                }
+            }
+        }
+    };
+}
+
+/// `assert_ne!` for values that may hold tokens or secrets.
+#[macro_export]
+macro_rules! assert_secret_ne {
+    ($left:expr, $right:expr $(,)?) => {
+        $crate::assert_secret_ne!($left, $right, "values are equal")
+    };
+    ($left:expr, $right:expr, $($msg:tt)+) => {
+        match (&$left, &$right) {
+            (l, r) => {
+                if l == r {
+                    panic!(
+                        "{} (secret-bearing values; fingerprint {})",
+                        format!($($msg)+),
+                        $crate::common::fingerprint(l)
+                    );
+                }
+            }
+        }
+    };
+}
