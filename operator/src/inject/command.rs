@@ -1,17 +1,20 @@
 //! Flags for the sidecar defaults (shared by `run` and `inject`) and the `civic-operator inject`
 //! command: read manifests, inject them, print them, report per object on stderr.
 
-use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::workload::{self, Outcome};
 use super::{DEFAULT_SIDECAR_IMAGE, InjectDefaults, SidecarMode};
+use civic_sidecar::contract;
+
+/// Default of `--sidecar-resources`.
+pub const DEFAULT_RESOURCES_JSON: &str =
+    r#"{"requests":{"cpu":"10m","memory":"16Mi"},"limits":{"memory":"64Mi"}}"#;
 
 /// Sidecar defaults for every injected pod; an integration's `spec.sidecar` overrides image and
 /// resources.
@@ -30,29 +33,46 @@ pub struct SidecarArgs {
     )]
     pub sidecar_image_pull_policy: String,
 
-    /// Sidecar CPU request (empty: none).
-    #[arg(long, env = "CIVIC_OPERATOR_SIDECAR_CPU_REQUEST", default_value = "10m", value_parser = quantity)]
-    pub sidecar_cpu_request: String,
+    /// Sidecar resources, as JSON or YAML (`{"requests": {...}, "limits": {...}}`).
+    #[arg(
+        long,
+        env = "CIVIC_OPERATOR_SIDECAR_RESOURCES",
+        default_value = DEFAULT_RESOURCES_JSON,
+        value_parser = resources
+    )]
+    pub sidecar_resources: ResourceRequirements,
 
-    /// Sidecar memory request (empty: none).
-    #[arg(long, env = "CIVIC_OPERATOR_SIDECAR_MEMORY_REQUEST", default_value = "16Mi", value_parser = quantity)]
-    pub sidecar_memory_request: String,
+    /// Port of the sidecar's proxy on 127.0.0.1; apps get
+    /// `CIVIC_MCP_URL=http://127.0.0.1:<port>/hub/mcp`.
+    #[arg(long, env = "CIVIC_OPERATOR_SIDECAR_PORT", default_value_t = contract::PROXY_PORT, value_parser = clap::value_parser!(u16).range(1..))]
+    pub sidecar_port: u16,
 
-    /// Sidecar CPU limit (empty: none, so the proxy is never throttled).
-    #[arg(long, env = "CIVIC_OPERATOR_SIDECAR_CPU_LIMIT", default_value = "", value_parser = quantity)]
-    pub sidecar_cpu_limit: String,
+    /// Port of the sidecar's admin listener (`/livez`, `/readyz`, `/metrics`).
+    #[arg(long, env = "CIVIC_OPERATOR_SIDECAR_ADMIN_PORT", default_value_t = contract::ADMIN_PORT, value_parser = clap::value_parser!(u16).range(1..))]
+    pub sidecar_admin_port: u16,
 
-    /// Sidecar memory limit (empty: none).
-    #[arg(long, env = "CIVIC_OPERATOR_SIDECAR_MEMORY_LIMIT", default_value = "64Mi", value_parser = quantity)]
-    pub sidecar_memory_limit: String,
+    /// Log filter of injected sidecars.
+    #[arg(long, env = "CIVIC_OPERATOR_SIDECAR_LOG", default_value = contract::DEFAULT_LOG)]
+    pub sidecar_log: String,
+
+    /// ConfigMap, in each pod's own namespace, whose key `ca.crt` the sidecar trusts besides
+    /// the public web roots. Empty: none.
+    #[arg(long, env = "CIVIC_OPERATOR_SIDECAR_CA_CONFIGMAP", default_value = "")]
+    pub sidecar_ca_configmap: String,
 }
 
-/// `""` or a Kubernetes quantity such as `10m`, `0.5`, `64Mi`, `1e3`.
-fn quantity(s: &str) -> Result<String, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Ok(String::new());
+/// Resource requirements from JSON or YAML, every quantity checked.
+fn resources(s: &str) -> Result<ResourceRequirements, String> {
+    let r: ResourceRequirements =
+        serde_yaml_ng::from_str(s).map_err(|e| format!("not resource requirements: {e}"))?;
+    for (name, q) in r.requests.iter().chain(r.limits.iter()).flatten() {
+        quantity(&q.0).map_err(|e| format!("{name}: {e}"))?;
     }
+    Ok(r)
+}
+
+/// A Kubernetes quantity such as `10m`, `0.5`, `64Mi`, `1e3`.
+fn quantity(s: &str) -> Result<(), String> {
     let number_end = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
         .unwrap_or(s.len());
@@ -70,7 +90,7 @@ fn quantity(s: &str) -> Result<String, String> {
             .parse::<u32>()
             .is_ok());
     if number_ok && suffix_ok {
-        Ok(s.to_owned())
+        Ok(())
     } else {
         Err(format!(
             "{s:?} is not a Kubernetes quantity (e.g. 10m, 0.5, 64Mi)"
@@ -81,29 +101,16 @@ fn quantity(s: &str) -> Result<String, String> {
 impl SidecarArgs {
     /// The defaults for `mode`.
     pub fn defaults(&self, mode: SidecarMode) -> InjectDefaults {
-        let pick = |pairs: [(&str, &str); 2]| {
-            let map: BTreeMap<String, Quantity> = pairs
-                .into_iter()
-                .filter(|(_, v)| !v.is_empty())
-                .map(|(k, v)| (k.to_owned(), Quantity(v.to_owned())))
-                .collect();
-            (!map.is_empty()).then_some(map)
-        };
         InjectDefaults {
             image: self.sidecar_image.clone(),
             image_pull_policy: self.sidecar_image_pull_policy.clone(),
-            resources: ResourceRequirements {
-                requests: pick([
-                    ("cpu", &self.sidecar_cpu_request),
-                    ("memory", &self.sidecar_memory_request),
-                ]),
-                limits: pick([
-                    ("cpu", &self.sidecar_cpu_limit),
-                    ("memory", &self.sidecar_memory_limit),
-                ]),
-                ..ResourceRequirements::default()
-            },
+            resources: self.sidecar_resources.clone(),
             mode,
+            proxy_port: self.sidecar_port,
+            admin_port: self.sidecar_admin_port,
+            log: self.sidecar_log.clone(),
+            ca_config_map: Some(self.sidecar_ca_configmap.trim().to_owned())
+                .filter(|s| !s.is_empty()),
         }
     }
 }
@@ -228,34 +235,53 @@ pub fn main(args: InjectArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use std::collections::BTreeMap;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sidecar: SidecarArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<SidecarArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied())).map(|c| c.sidecar)
+    }
 
     #[test]
     fn quantities() {
-        for ok in ["10m", "0.5", "64Mi", "1", "1e3", "2Gi", "", "+1"] {
+        for ok in ["10m", "0.5", "64Mi", "1", "1e3", "2Gi", "+1"] {
             assert!(quantity(ok).is_ok(), "{ok}");
         }
-        for bad in ["10 m", "Mi", "ten", "1.2.3", "5mb", "1-2"] {
+        for bad in ["10 m", "Mi", "ten", "1.2.3", "5mb", "1-2", ""] {
             assert!(quantity(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
-    fn empty_resource_flags_are_left_out() {
-        let args = SidecarArgs {
-            sidecar_image: "img".into(),
-            sidecar_image_pull_policy: "Always".into(),
-            sidecar_cpu_request: "".into(),
-            sidecar_memory_request: "".into(),
-            sidecar_cpu_limit: "500m".into(),
-            sidecar_memory_limit: "".into(),
-        };
+    fn defaults_match_the_library_defaults() {
+        let d = parse(&[]).unwrap().defaults(SidecarMode::Native);
+        assert_eq!(d, InjectDefaults::default());
+    }
+
+    #[test]
+    fn resources_parse_from_json_or_yaml_and_are_checked() {
+        let args = parse(&[
+            "--sidecar-resources",
+            "limits: {cpu: 500m}",
+            "--sidecar-ca-configmap",
+            "corp-ca",
+        ])
+        .unwrap();
         let d = args.defaults(SidecarMode::Legacy);
         assert!(d.resources.requests.is_none());
         assert_eq!(
             d.resources.limits,
             Some(BTreeMap::from([("cpu".into(), Quantity("500m".into()))]))
         );
-        assert_eq!(d.mode, SidecarMode::Legacy);
-        assert_eq!(d.image_pull_policy, "Always");
+        assert_eq!(d.ca_config_map.as_deref(), Some("corp-ca"));
+        assert!(parse(&["--sidecar-resources", r#"{"limits":{"memory":"lots"}}"#]).is_err());
+        assert!(parse(&["--sidecar-port", "0"]).is_err());
     }
 }

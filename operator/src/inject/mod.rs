@@ -88,6 +88,15 @@ pub struct InjectDefaults {
     pub image_pull_policy: String,
     pub resources: ResourceRequirements,
     pub mode: SidecarMode,
+    /// Port of the sidecar's proxy on 127.0.0.1 (`CIVIC_MCP_URL` points there).
+    pub proxy_port: u16,
+    /// Port of the sidecar's admin listener (probes, metrics).
+    pub admin_port: u16,
+    /// The sidecar's log filter (`CIVIC_LOG`).
+    pub log: String,
+    /// A ConfigMap in the pod's namespace whose key `ca.crt` the sidecar trusts besides the web
+    /// roots (`CIVIC_CA_FILE`).
+    pub ca_config_map: Option<String>,
 }
 
 impl Default for InjectDefaults {
@@ -97,6 +106,10 @@ impl Default for InjectDefaults {
             image_pull_policy: "IfNotPresent".to_owned(),
             resources: default_resources(),
             mode: SidecarMode::Native,
+            proxy_port: contract::PROXY_PORT,
+            admin_port: contract::ADMIN_PORT,
+            log: contract::DEFAULT_LOG.to_owned(),
+            ca_config_map: None,
         }
     }
 }
@@ -181,21 +194,21 @@ pub fn inject(
         if !annotated {
             return Err(InjectError::ReservedName);
         }
-        return Ok(complete_injected(pod));
+        return Ok(complete_injected(pod, defaults));
     }
     if spec.host_network == Some(true) {
         return Err(InjectError::HostNetwork);
     }
-    check_ports(spec)?;
+    check_ports(spec, defaults)?;
     let integration_name = integration
         .metadata
         .name
         .as_deref()
         .ok_or(InjectError::UnnamedIntegration)?;
 
-    let mounts = volumes::add(spec, integration, binding);
+    let mounts = volumes::add(spec, integration, binding, defaults);
     let container = sidecar::container(integration, binding, defaults, &mounts);
-    add_workload_url(spec);
+    add_workload_url(spec, defaults.proxy_port);
     match defaults.mode {
         SidecarMode::Native => spec.init_containers.get_or_insert_default().push(container),
         SidecarMode::Legacy => spec.containers.push(container),
@@ -219,19 +232,19 @@ pub fn inject(
 
 /// An already injected pod with `CIVIC_MCP_URL` added to app containers that lack it
 /// (containers another webhook added after ours, on reinvocation). Nothing else changes.
-pub fn complete_injected(pod: &Pod) -> Pod {
+pub fn complete_injected(pod: &Pod, defaults: &InjectDefaults) -> Pod {
     let mut out = pod.clone();
     if let Some(spec) = out.spec.as_mut() {
-        add_workload_url(spec);
+        add_workload_url(spec, defaults.proxy_port);
     }
     out
 }
 
 /// The app's ports must not collide with the sidecar's, which share the pod network namespace.
-fn check_ports(spec: &PodSpec) -> Result<(), InjectError> {
+fn check_ports(spec: &PodSpec, defaults: &InjectDefaults) -> Result<(), InjectError> {
     let ours = [
-        i32::from(contract::PROXY_PORT),
-        i32::from(contract::ADMIN_PORT),
+        i32::from(defaults.proxy_port),
+        i32::from(defaults.admin_port),
     ];
     for c in spec
         .containers
@@ -251,8 +264,8 @@ fn check_ports(spec: &PodSpec) -> Result<(), InjectError> {
 }
 
 /// `CIVIC_MCP_URL` in every app container that does not set it already.
-fn add_workload_url(spec: &mut PodSpec) {
-    let url = contract::workload_mcp_url(contract::PROXY_PORT);
+fn add_workload_url(spec: &mut PodSpec, proxy_port: u16) {
+    let url = contract::workload_mcp_url(proxy_port);
     for c in spec
         .containers
         .iter_mut()

@@ -31,14 +31,15 @@ pub fn container(
         .and_then(|s| s.resources.clone())
         .unwrap_or_else(|| defaults.resources.clone());
     let native = defaults.mode == SidecarMode::Native;
+    let admin = defaults.admin_port;
     Container {
         name: SIDECAR_CONTAINER.to_owned(),
         image: Some(image),
         image_pull_policy: Some(defaults.image_pull_policy.clone()),
-        env: Some(env(integration, binding, mounts)),
+        env: Some(env(integration, binding, defaults, mounts)),
         ports: Some(vec![ContainerPort {
             name: Some(ADMIN_PORT_NAME.to_owned()),
-            container_port: i32::from(contract::ADMIN_PORT),
+            container_port: i32::from(defaults.admin_port),
             protocol: Some("TCP".to_owned()),
             ..ContainerPort::default()
         }]),
@@ -46,9 +47,9 @@ pub fn container(
         security_context: Some(security_context()),
         // Native: the kubelet starts the app containers once this passes (first token minted
         // where one can be minted at start). Legacy has no such ordering; readiness only.
-        startup_probe: native.then(|| probe("/readyz", 1, 120)),
-        readiness_probe: (!native).then(|| probe("/readyz", 2, 3)),
-        liveness_probe: Some(probe("/livez", 10, 3)),
+        startup_probe: native.then(|| probe("/readyz", admin, 1, 120)),
+        readiness_probe: (!native).then(|| probe("/readyz", admin, 2, 3)),
+        liveness_probe: Some(probe("/livez", admin, 10, 3)),
         restart_policy: native.then(|| "Always".to_owned()),
         volume_mounts: Some(mounts.volume_mounts.clone()),
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
@@ -65,12 +66,29 @@ fn var(name: &str, value: impl Into<String>) -> EnvVar {
 }
 
 /// The contract env vars, in a fixed order.
-fn env(integration: &CivicIntegration, binding: &ProfileBinding, mounts: &Mounts) -> Vec<EnvVar> {
+fn env(
+    integration: &CivicIntegration,
+    binding: &ProfileBinding,
+    defaults: &InjectDefaults,
+    mounts: &Mounts,
+) -> Vec<EnvVar> {
     let spec = &integration.spec;
     let mut env = vec![
+        var(
+            contract::ENV_LISTEN_ADDR,
+            format!("127.0.0.1:{}", defaults.proxy_port),
+        ),
+        var(
+            contract::ENV_ADMIN_ADDR,
+            format!("0.0.0.0:{}", defaults.admin_port),
+        ),
+        var(contract::ENV_LOG, &defaults.log),
         var(contract::ENV_HUB_URL, &spec.hub_url),
         var(contract::ENV_PROFILE_ID, &binding.profile_id),
     ];
+    if let Some(path) = &mounts.ca_file {
+        env.push(var(contract::ENV_CA_FILE, path));
+    }
     if let Some(path) = &mounts.access_token_file {
         // A ready Civic token: no exchange, so no client credentials or exchange parameters.
         env.push(var(contract::ENV_ACCESS_TOKEN_FILE, path));
@@ -105,11 +123,11 @@ fn env(integration: &CivicIntegration, binding: &ProfileBinding, mounts: &Mounts
     env
 }
 
-fn probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+fn probe(path: &str, port: u16, period_seconds: i32, failure_threshold: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
-            port: IntOrString::Int(i32::from(contract::ADMIN_PORT)),
+            port: IntOrString::Int(i32::from(port)),
             scheme: Some("HTTP".to_owned()),
             ..HTTPGetAction::default()
         }),

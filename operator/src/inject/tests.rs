@@ -163,6 +163,9 @@ fn contract_env_vars_come_from_the_binding() {
     .unwrap();
     let s = sidecar_of(&out);
     let expect = [
+        (contract::ENV_LISTEN_ADDR, "127.0.0.1:8931"),
+        (contract::ENV_ADMIN_ADDR, "0.0.0.0:8932"),
+        (contract::ENV_LOG, "info"),
         (contract::ENV_HUB_URL, "https://app.civic.com/hub/mcp"),
         (contract::ENV_PROFILE_ID, PROFILE),
         (contract::ENV_PROFILE_LOCK, "false"),
@@ -190,6 +193,65 @@ fn contract_env_vars_come_from_the_binding() {
         assert_eq!(env_of(s, name), Some(value), "{name}");
     }
     assert_eq!(s.env.as_ref().unwrap().len(), expect.len());
+}
+
+#[test]
+fn ports_log_and_ca_come_from_the_defaults() {
+    let ci = integration("civic", vec![binding("support", "agent")]);
+    let defaults = InjectDefaults {
+        proxy_port: 7001,
+        admin_port: 7002,
+        log: "debug".into(),
+        ca_config_map: Some("corp-ca".into()),
+        ..InjectDefaults::default()
+    };
+    let out = inject(&pod("agent"), &ci, &ci.spec.bindings[0], &defaults).unwrap();
+    let s = sidecar_of(&out);
+    assert_eq!(env_of(s, contract::ENV_LISTEN_ADDR), Some("127.0.0.1:7001"));
+    assert_eq!(env_of(s, contract::ENV_ADMIN_ADDR), Some("0.0.0.0:7002"));
+    assert_eq!(env_of(s, contract::ENV_LOG), Some("debug"));
+    assert_eq!(
+        env_of(s, contract::ENV_CA_FILE),
+        Some("/var/run/civic/ca/ca.crt")
+    );
+    assert_eq!(s.ports.as_ref().unwrap()[0].container_port, 7002);
+    let probe_port = &s
+        .liveness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap()
+        .port;
+    assert_eq!(
+        *probe_port,
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(7002)
+    );
+    let app = &out.spec.as_ref().unwrap().containers[0];
+    assert_eq!(
+        env_of(app, "CIVIC_MCP_URL"),
+        Some("http://127.0.0.1:7001/hub/mcp")
+    );
+    let ca = out
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "civic-ca")
+        .unwrap();
+    assert_eq!(ca.config_map.as_ref().unwrap().name, "corp-ca");
+    // The app's ports are checked against the configured ones.
+    let mut p = pod("agent");
+    p.spec.as_mut().unwrap().containers[0].ports = Some(vec![ContainerPort {
+        container_port: 7002,
+        ..ContainerPort::default()
+    }]);
+    assert!(matches!(
+        inject(&p, &ci, &ci.spec.bindings[0], &defaults),
+        Err(InjectError::PortConflict { port: 7002, .. })
+    ));
 }
 
 #[test]

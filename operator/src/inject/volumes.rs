@@ -3,10 +3,11 @@
 //! suffix when the pod already uses the name.
 
 use k8s_openapi::api::core::v1::{
-    KeyToPath, PodSpec, ProjectedVolumeSource, SecretVolumeSource, ServiceAccountTokenProjection,
-    Volume, VolumeMount, VolumeProjection,
+    ConfigMapVolumeSource, KeyToPath, PodSpec, ProjectedVolumeSource, SecretVolumeSource,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 
+use super::InjectDefaults;
 use crate::crd::{CivicIntegration, ProfileBinding, SecretKeyRef, SubjectSource};
 
 /// Directory of the client secret inside the sidecar.
@@ -19,6 +20,10 @@ pub const ACCESS_TOKEN_DIR: &str = "/var/run/secrets/civic/access";
 pub const CLIENT_SECRET_FILE: &str = "client-secret";
 /// File name of the tokens in [`SUBJECT_TOKEN_DIR`] and [`ACCESS_TOKEN_DIR`].
 pub const TOKEN_FILE: &str = "token";
+/// Directory of the extra trusted CAs inside the sidecar.
+pub const CA_DIR: &str = "/var/run/civic/ca";
+/// Key of the CA ConfigMap, and file name in [`CA_DIR`].
+pub const CA_FILE: &str = "ca.crt";
 
 /// Readable by the sidecar's non-root user; no other container mounts these volumes.
 const FILE_MODE: i32 = 0o444;
@@ -30,10 +35,16 @@ pub struct Mounts {
     pub client_secret_file: Option<String>,
     pub subject_token_file: Option<String>,
     pub access_token_file: Option<String>,
+    pub ca_file: Option<String>,
 }
 
 /// Adds the binding's volumes to `spec` and returns the sidecar's mounts.
-pub fn add(spec: &mut PodSpec, integration: &CivicIntegration, binding: &ProfileBinding) -> Mounts {
+pub fn add(
+    spec: &mut PodSpec,
+    integration: &CivicIntegration,
+    binding: &ProfileBinding,
+    defaults: &InjectDefaults,
+) -> Mounts {
     let mut mounts = Mounts::default();
     let exchanges = !matches!(binding.subject, SubjectSource::CivicTokenSecretRef(_));
     if exchanges {
@@ -78,6 +89,24 @@ pub fn add(spec: &mut PodSpec, integration: &CivicIntegration, binding: &Profile
             mounts.access_token_file = Some(format!("{ACCESS_TOKEN_DIR}/{TOKEN_FILE}"));
         }
         SubjectSource::RequestHeader(_) => {}
+    }
+    if let Some(config_map) = &defaults.ca_config_map {
+        let name = add_volume(spec, "civic-ca", |name| Volume {
+            name,
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map.clone(),
+                items: Some(vec![KeyToPath {
+                    key: CA_FILE.to_owned(),
+                    path: CA_FILE.to_owned(),
+                    mode: None,
+                }]),
+                default_mode: Some(FILE_MODE),
+                optional: Some(false),
+            }),
+            ..Volume::default()
+        });
+        mounts.volume_mounts.push(mount(name, CA_DIR));
+        mounts.ca_file = Some(format!("{CA_DIR}/{CA_FILE}"));
     }
     mounts
 }

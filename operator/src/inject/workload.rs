@@ -221,7 +221,7 @@ fn inject_template(
     }
     if is_injected(&pod) {
         // As on a webhook reinvocation: only missing CIVIC_MCP_URLs are added.
-        apply(template, &pod, &complete_injected(&pod))?;
+        apply(template, &pod, &complete_injected(&pod, defaults))?;
         return Ok(Outcome::AlreadyInjected);
     }
     let Some(selected) = select_for(&pod, integrations)? else {
