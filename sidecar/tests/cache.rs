@@ -210,8 +210,9 @@ async fn cache_rotated_secret_file_picked_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_outage_serves_cached_token_until_expiry_then_503() {
-    // First token lives 6 s (refresh due after 3 s); Civic Auth is down from then on. The
-    // still-valid token is served through the outage almost to its expiry, then a clear 503.
+    // First token: expires_in 6 s, so reused for X = 6 - min(30, 3) = 3 s (statement 11); Civic
+    // Auth is down after it. The cached token is served through the outage up to X at least,
+    // and once it has really expired the workload gets a clear 503.
     let env = Setup::new("cache_outage_serves_cached_token_until_expiry_then_503")
         .start_with(|auth, _| {
             auth.set_script(|n, _| {
@@ -226,7 +227,7 @@ async fn cache_outage_serves_cached_token_until_expiry_then_503() {
         .unwrap();
     let t0 = env.auth.requests()[0].at;
     let token = env.auth.issued_tokens()[0].clone();
-    while t0.elapsed() < Duration::from_millis(5200) {
+    while t0.elapsed() < Duration::from_millis(2800) {
         let r = env.call(1).await.unwrap();
         assert_eq!(
             r.status,
@@ -240,6 +241,7 @@ async fn cache_outage_serves_cached_token_until_expiry_then_503() {
         );
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
+    tokio::time::sleep(Duration::from_millis(6500).saturating_sub(t0.elapsed())).await;
     assert!(
         env.auth.calls() >= 2,
         "refresh was attempted during the outage: exchanges at {:?}",
@@ -249,7 +251,6 @@ async fn cache_outage_serves_cached_token_until_expiry_then_503() {
             .map(|r| r.at.duration_since(t0))
             .collect::<Vec<_>>()
     );
-    tokio::time::sleep(Duration::from_millis(6500).saturating_sub(t0.elapsed())).await;
     let n = env.hub.request_count();
     let r = env.call(2).await.unwrap();
     assert_sidecar_error(&r, 503, &["exchange", "civic auth", "token", "unavailable"]);
