@@ -37,7 +37,7 @@ pub enum Command {
     Crd,
     /// Print Pods and workload manifests with the Civic sidecar injected, exactly as the
     /// admission webhook would inject them.
-    Inject(crate::inject::command::InjectArgs),
+    Inject(Box<crate::inject::command::InjectArgs>),
 }
 
 fn duration(s: &str) -> Result<Duration, humantime::DurationError> {

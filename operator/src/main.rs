@@ -18,7 +18,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Inject(args) => civic_operator::inject::command::main(args),
+        Command::Inject(args) => civic_operator::inject::command::main(*args),
         Command::Run(args) => {
             if let Err(e) = civic_operator::telemetry::init(&args.log, args.log_format) {
                 eprintln!("civic-operator: {e}");
