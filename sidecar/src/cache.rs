@@ -5,9 +5,10 @@
 //!   never a key.
 //! - **Single flight**: concurrent callers that find no usable token share one exchange, run as
 //!   its own task so it finishes (and is cached) even if every caller goes away.
-//! - **No waiting while valid**: past `refresh_at` (80 % of the usable lifetime) the first caller
-//!   starts a background refresh and everyone keeps getting the current token until it is
-//!   replaced or reaches `expires_at`.
+//! - **No waiting while valid**: past `refresh_at` (a third of the usable lifetime, at most 5
+//!   minutes, before `expires_at`; see [`token_lifetime`](crate::exchange::token_lifetime)) the
+//!   first caller starts a background refresh and everyone keeps getting the current token until
+//!   it is replaced or reaches `expires_at`.
 //! - **Failures** back off exponentially with jitter, at least as long as `Retry-After`; a valid
 //!   token keeps being served meanwhile. Without one, callers fail fast with the last error until
 //!   the backoff ends.
@@ -31,9 +32,6 @@ use crate::metrics::Metrics;
 
 /// A cache key: SHA-256 over every exchange input.
 pub type Key = [u8; 32];
-
-/// Fraction of the usable lifetime after which a background refresh starts.
-const REFRESH_FRACTION: f64 = 0.8;
 
 /// Digest of everything that shapes an exchange: a change in any input is a different token.
 pub fn key(token_url: &str, credentials: &ClientCredentials, request: &ExchangeRequest) -> Key {
@@ -79,11 +77,10 @@ pub struct CachedToken {
 impl CachedToken {
     /// Wraps an exchanged token.
     pub fn from_exchanged(token: &ExchangedToken) -> Result<Self, ExchangeError> {
-        let refresh_at = token.received_at + token.lifetime.mul_f64(REFRESH_FRACTION);
         Ok(Self {
             bearer: bearer(token.access_token.expose())?,
-            refresh_at,
-            expires_at: token.usable_until(),
+            refresh_at: token.refresh_at(),
+            expires_at: token.expires_at(),
         })
     }
 
@@ -405,7 +402,7 @@ impl<E: Exchange> TokenCache<E> {
                         result = "ok",
                         duration_ms = elapsed.as_millis() as u64,
                         expires_in = exchanged.expires_in,
-                        usable_for_s = exchanged.lifetime.as_secs(),
+                        refresh_in_s = exchanged.lifetime.refresh_after.as_secs(),
                         "token exchange"
                     );
                     let cached = Arc::new(cached);
@@ -465,8 +462,9 @@ mod tests {
     use std::future::Future;
     use std::sync::atomic::AtomicUsize;
 
-    /// Scripted exchanger: answers from a queue (default: a token valid `lifetime`), counts calls,
-    /// takes `delay` per call.
+    /// Scripted exchanger: answers from a queue (default: a token with `expires_in` =
+    /// `lifetime`; 120 s is refreshed after 60 s and sent until 90 s), counts calls, takes
+    /// `delay` per call.
     struct Fake {
         calls: AtomicUsize,
         script: Mutex<VecDeque<Result<Duration, ExchangeError>>>,
@@ -503,7 +501,8 @@ mod tests {
             let delay = self.delay;
             async move {
                 tokio::time::sleep(delay).await;
-                let lifetime = scripted.unwrap_or(Ok(lifetime))?;
+                let raw = scripted.unwrap_or(Ok(lifetime))?;
+                let lifetime = crate::exchange::token_lifetime(Some(raw.as_secs()), None, None, 0);
                 Ok(ExchangedToken {
                     access_token: Secret::new(format!("token-{n}")),
                     issued_token_type: None,
@@ -637,15 +636,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn background_refresh_never_blocks() {
-        let fake = Fake::new(Duration::from_secs(100), Duration::from_secs(5));
+        let fake = Fake::new(Duration::from_secs(120), Duration::from_secs(5));
         let cache = cache(&fake, 1);
         let first = cache.get(&K, inputs).await.unwrap();
         assert_eq!(fake.calls(), 1);
-        // Before 80 %: no refresh.
-        tokio::time::advance(Duration::from_secs(79)).await;
+        // Before the refresh point (60 s): no refresh.
+        tokio::time::advance(Duration::from_secs(59)).await;
         cache.get(&K, inputs).await.unwrap();
         assert_eq!(fake.calls(), 1);
-        // Past 80 %: served at once with the old token while the refresh runs (5 s).
+        // Past it: served at once with the old token while the refresh runs (5 s).
         tokio::time::advance(Duration::from_secs(2)).await;
         let started = Instant::now();
         let t = cache.get(&K, inputs).await.unwrap();
@@ -667,7 +666,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn outage_serves_valid_token_then_fails_clearly() {
-        let fake = Fake::new(Duration::from_secs(100), Duration::ZERO);
+        let fake = Fake::new(Duration::from_secs(120), Duration::ZERO);
         let cache = cache(&fake, 1);
         cache.get(&K, inputs).await.unwrap();
         for _ in 0..50 {
@@ -676,9 +675,9 @@ mod tests {
                 retry_after: None,
             }));
         }
-        // From 80 s to 100 s: refreshes fail, the old token is served every time.
-        tokio::time::advance(Duration::from_secs(81)).await;
-        for _ in 0..18 {
+        // From 60 s to 90 s: refreshes fail, the old token is served every time.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        for _ in 0..28 {
             let t = cache.get(&K, inputs).await.unwrap();
             assert_eq!(token_of(&t), "Bearer token-1");
             tokio::task::yield_now().await;
@@ -791,14 +790,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn prefetch_keeps_the_token_warm() {
-        let fake = Fake::new(Duration::from_secs(100), Duration::ZERO);
+        let fake = Fake::new(Duration::from_secs(120), Duration::ZERO);
         let cache = cache(&fake, 1);
         let next = cache.prefetch(&K, inputs).await.unwrap();
         assert_eq!(fake.calls(), 1);
-        assert_eq!(next - Instant::now(), Duration::from_secs(80));
+        assert_eq!(next - Instant::now(), Duration::from_secs(60));
         assert_eq!(cache.prefetch(&K, inputs).await.unwrap(), next);
         assert_eq!(fake.calls(), 1);
-        tokio::time::advance(Duration::from_secs(80)).await;
+        tokio::time::advance(Duration::from_secs(60)).await;
         cache.prefetch(&K, inputs).await.unwrap();
         assert_eq!(fake.calls(), 2);
         assert_eq!(token_of(&cache.peek(&K).unwrap()), "Bearer token-2");

@@ -23,10 +23,12 @@ use crate::secret::Secret;
 pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// The longest an exchange may take, whatever is configured.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(15);
-/// Usable lifetime when neither `expires_in` nor the token's JWT `exp` says anything.
+/// Raw lifetime assumed when neither `expires_in` nor the token's JWT `exp` says anything.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(60);
 /// Largest refresh buffer: a token is reused until `expires_in − min(30 s, expires_in / 2)`.
 pub const MAX_EXPIRY_BUFFER: Duration = Duration::from_secs(30);
+/// Longest a refresh starts ahead of a token's reuse limit.
+pub const MAX_REFRESH_LEAD: Duration = Duration::from_secs(300);
 /// Subject sent by [`ExchangeClient::probe_credentials`]: deliberately not a valid token.
 pub const PROBE_SUBJECT: &str = "civic-sidecar-credential-probe.invalid";
 
@@ -74,16 +76,30 @@ pub struct ExchangedToken {
     pub expires_in: Option<u64>,
     /// When the response was received.
     pub received_at: Instant,
-    /// How long after `received_at` the token may be used: the refresh buffer is already taken
-    /// off, and it never reaches past the subject token's own `exp`.
-    pub lifetime: Duration,
+    /// When to replace it and when to stop using it, counted from `received_at`.
+    pub lifetime: Lifetime,
 }
 
 impl ExchangedToken {
-    /// The instant after which the token must not be used any more.
-    pub fn usable_until(&self) -> Instant {
-        self.received_at + self.lifetime
+    /// From here on a (background) refresh is due.
+    pub fn refresh_at(&self) -> Instant {
+        self.received_at + self.lifetime.refresh_after
     }
+
+    /// From here on the token is not sent any more (statement 11's reuse limit).
+    pub fn expires_at(&self) -> Instant {
+        self.received_at + self.lifetime.expires_after
+    }
+}
+
+/// When a token is replaced, and when it stops being used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lifetime {
+    /// A background refresh starts here, ahead of `expires_after` by a third of the usable
+    /// lifetime (at most 5 minutes), so no request waits for it.
+    pub refresh_after: Duration,
+    /// Reuse limit (statement 11): `L − min(30 s, L/2)`; never sent past it.
+    pub expires_after: Duration,
 }
 
 /// The answer of [`ExchangeClient::probe_credentials`].
@@ -259,7 +275,7 @@ impl ExchangeClient {
             &body,
             &redactions(credentials, request),
         )?;
-        let lifetime = usable_lifetime(
+        let lifetime = token_lifetime(
             parsed.expires_in,
             jwt::expiry(parsed.access_token.expose()),
             jwt::expiry(request.subject_token.expose()),
@@ -532,26 +548,32 @@ fn probe_verdict(status: u16, code: String, description: Option<String>) -> Cred
     }
 }
 
-/// How long an issued token may be used, counted from when it was received:
-/// the raw lifetime is `expires_in`, else the access token's JWT `exp`, else
-/// [`DEFAULT_LIFETIME`]; the buffer `min(30 s, lifetime / 2)` comes off, and the result never
-/// reaches past the subject token's JWT `exp` (with the same buffer).
-pub fn usable_lifetime(
+/// When to refresh and when to stop using an issued token, counted from when it was received.
+///
+/// The raw lifetime `L` is `expires_in`, else the access token's JWT `exp`, else
+/// [`DEFAULT_LIFETIME`]. The token is used until `L − min(30 s, L/2)`, and never past the same
+/// point computed for the subject token's JWT `exp` (an exchanged token never outlives its
+/// subject). Its replacement is fetched ahead of that, see [`Lifetime::refresh_after`].
+pub fn token_lifetime(
     expires_in: Option<u64>,
     access_token_exp: Option<i64>,
     subject_token_exp: Option<i64>,
     now_unix: i64,
-) -> Duration {
+) -> Lifetime {
     let remaining =
         |exp: i64| Duration::from_secs(u64::try_from(exp.saturating_sub(now_unix)).unwrap_or(0));
-    let lifetime = match (expires_in, access_token_exp) {
-        (Some(secs), _) => buffered(Duration::from_secs(secs)),
-        (None, Some(exp)) if exp > now_unix => buffered(remaining(exp)),
+    let raw = match (expires_in, access_token_exp) {
+        (Some(secs), _) => Duration::from_secs(secs),
+        (None, Some(exp)) if exp > now_unix => remaining(exp),
         _ => DEFAULT_LIFETIME,
     };
-    match subject_token_exp {
-        Some(exp) => lifetime.min(buffered(remaining(exp))),
-        None => lifetime,
+    let mut usable = buffered(raw);
+    if let Some(exp) = subject_token_exp {
+        usable = usable.min(buffered(remaining(exp)));
+    }
+    Lifetime {
+        refresh_after: usable - MAX_REFRESH_LEAD.min(usable / 3),
+        expires_after: usable,
     }
 }
 
@@ -788,25 +810,34 @@ mod tests {
         assert!(!err.to_string().contains("script"));
     }
 
+    fn l(refresh_ms: u64, expires_ms: u64) -> Lifetime {
+        Lifetime {
+            refresh_after: Duration::from_millis(refresh_ms),
+            expires_after: Duration::from_millis(expires_ms),
+        }
+    }
+
     #[test]
     fn lifetime_from_expires_in() {
         let now = 1_800_000_000;
+        // 3600 − 30 = 3570; refresh 5 minutes ahead.
         assert_eq!(
-            usable_lifetime(Some(3600), None, None, now),
-            Duration::from_secs(3570)
+            token_lifetime(Some(3600), None, None, now),
+            l(3_270_000, 3_570_000)
         );
         assert_eq!(
-            usable_lifetime(Some(40), None, None, now),
-            Duration::from_secs(20)
+            token_lifetime(Some(120), None, None, now),
+            l(60_000, 90_000)
         );
+        assert_eq!(token_lifetime(Some(6), None, None, now), l(2_000, 3_000));
         assert_eq!(
-            usable_lifetime(Some(1), None, None, now),
-            Duration::from_millis(500)
+            token_lifetime(Some(1), None, None, now).round_ms(),
+            l(333, 500)
         );
         // expires_in wins over the JWT exp
         assert_eq!(
-            usable_lifetime(Some(100), Some(now + 10), None, now),
-            Duration::from_secs(70)
+            token_lifetime(Some(120), Some(now + 10), None, now),
+            l(60_000, 90_000)
         );
     }
 
@@ -814,35 +845,45 @@ mod tests {
     fn lifetime_from_jwt_exp_then_default() {
         let now = 1_800_000_000;
         assert_eq!(
-            usable_lifetime(None, Some(now + 600), None, now),
-            Duration::from_secs(570)
+            token_lifetime(None, Some(now + 120), None, now),
+            l(60_000, 90_000)
         );
         assert_eq!(
-            usable_lifetime(None, Some(now - 5), None, now),
-            DEFAULT_LIFETIME
+            token_lifetime(None, Some(now - 5), None, now),
+            l(20_000, 30_000)
         );
-        assert_eq!(usable_lifetime(None, None, None, now), DEFAULT_LIFETIME);
+        assert_eq!(token_lifetime(None, None, None, now), l(20_000, 30_000));
     }
 
     #[test]
     fn lifetime_capped_by_subject_exp() {
         let now = 1_800_000_000;
         assert_eq!(
-            usable_lifetime(Some(3600), None, Some(now + 600), now),
-            Duration::from_secs(570)
+            token_lifetime(Some(3600), None, Some(now + 120), now),
+            l(60_000, 90_000)
         );
         assert_eq!(
-            usable_lifetime(None, None, Some(now + 20), now),
-            Duration::from_secs(10)
+            token_lifetime(None, None, Some(now + 6), now),
+            l(2_000, 3_000)
         );
         assert_eq!(
-            usable_lifetime(Some(3600), None, Some(now - 1), now),
-            Duration::ZERO
+            token_lifetime(Some(3600), None, Some(now - 1), now),
+            l(0, 0)
         );
         assert_eq!(
-            usable_lifetime(Some(60), None, Some(now + 3600), now),
-            Duration::from_secs(30)
+            token_lifetime(Some(120), None, Some(now + 3600), now),
+            l(60_000, 90_000)
         );
+    }
+
+    impl Lifetime {
+        fn round_ms(self) -> Self {
+            let r = |d: Duration| Duration::from_millis(d.as_millis() as u64);
+            Lifetime {
+                refresh_after: r(self.refresh_after),
+                expires_after: r(self.expires_after),
+            }
+        }
     }
 
     #[test]
@@ -857,15 +898,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(parsed.expires_in, None);
-        let l = usable_lifetime(
+        let lt = token_lifetime(
             parsed.expires_in,
             jwt::expiry(parsed.access_token.expose()),
             None,
             unix_now(),
         );
         assert!(
-            l > Duration::from_secs(265) && l <= Duration::from_secs(270),
-            "{l:?}"
+            lt.expires_after > Duration::from_secs(265)
+                && lt.expires_after <= Duration::from_secs(270),
+            "{lt:?}"
         );
     }
 
