@@ -1,5 +1,7 @@
 //! Logging setup: `tracing` to stderr, text or JSON, filtered by an `EnvFilter` expression.
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::EnvFilter;
 
 /// Log line format.
@@ -26,6 +28,8 @@ pub fn init(filter: &str, format: LogFormat) -> Result<(), InvalidFilter> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
         .with_writer(std::io::stderr)
+        // Colour only for people: log collectors and tests parse plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     // A second init (tests) keeps the first subscriber.
     let _ = match format {

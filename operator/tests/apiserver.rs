@@ -1,0 +1,785 @@
+//! The real-apiserver tier (DESIGN.md §6 tier 4): etcd + kube-apiserver 1.20 on loopback, the
+//! CRD from `crds/`, the chart's `rbac.yaml`, a fake Civic Auth over TLS, and the real
+//! `civic-operator run` process authenticated as its ServiceAccount (bound only by `rbac.yaml`,
+//! never admin). Fails, never skips, when the kube binaries are missing: run
+//! `scripts/kube/build.sh`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use civic_operator::crd::CivicIntegration;
+use civic_testkit::apiserver::KubeApiServer;
+use civic_testkit::auth::FakeCivicAuth;
+use civic_testkit::secrets::{self, CLIENT_ID, CLIENT_SECRET, CLIENT_SECRET_WRONG};
+use civic_testkit::tls::TestCa;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+const OPERATOR_NS: &str = "civic-system";
+const SA_NAME: &str = "civic-mcp-operator";
+const LEASE: &str = "civic-mcp-operator";
+const TEAM: &str = "team";
+const CI_NAME: &str = "civic";
+const SECRET_NAME: &str = "civic-credentials";
+const EVENTUALLY: Duration = Duration::from_secs(30);
+/// Short lease timing so fail-over is quick.
+const LEASE_DURATION: Duration = Duration::from_secs(4);
+/// Healthy integrations are reconciled this often in these tests.
+const RESYNC: Duration = Duration::from_secs(1);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Polls `check` until it returns `Ok(Some(_))`.
+async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        let last = match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => "not yet".to_owned(),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() > deadline {
+            bail!("{what}: not true after {limit:?} (last: {last})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The real `civic-operator run`, its output captured to `target/civic-test-logs/` and scanned
+/// for secrets when it is dropped.
+struct Operator {
+    name: String,
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    log_path: PathBuf,
+    admin: SocketAddr,
+}
+
+impl Operator {
+    async fn start(name: &str, kubeconfig: &Path, ca_file: &Path) -> anyhow::Result<Self> {
+        let log_path = civic_testkit::fs::test_logs_dir().join(format!("operator-{name}.log"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_civic-operator"))
+            .env_clear()
+            .env("KUBECONFIG", kubeconfig)
+            .env(
+                "CIVIC_OPERATOR_LOG",
+                "debug,kube=info,hyper=info,tower=info,rustls=info,hyper_util=info,reqwest=info",
+            )
+            .env("POD_NAMESPACE", OPERATOR_NS)
+            .env("POD_NAME", name)
+            .env("CIVIC_OPERATOR_TOKEN_URL_CA_FILE", ca_file)
+            .args(["run", "--admin-addr", "127.0.0.1:0"])
+            .args(["--lease-duration", "4s", "--lease-renew-deadline", "3s"])
+            .args(["--lease-retry-period", "500ms", "--resync-interval", "1s"])
+            .args(["--probe-interval", "1h", "--probe-min-interval", "200ms"])
+            .args(["--backoff-base", "200ms", "--backoff-max", "2s"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawn civic-operator")?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let file = Arc::new(Mutex::new(std::fs::File::create(&log_path)?));
+        for out in [
+            Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("piped")),
+        ] {
+            let (lines, file) = (lines.clone(), file.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let _ = writeln!(file.lock().unwrap(), "{line}");
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let admin = eventually(
+            &format!("operator {name} admin address"),
+            Duration::from_secs(15),
+            || {
+                let lines = lines.clone();
+                async move {
+                    let found = lines.lock().unwrap().iter().find_map(|l| {
+                        civic_testkit::process::listening_addr(l, "admin endpoints listening")
+                    });
+                    Ok(found)
+                }
+            },
+        )
+        .await?;
+        Ok(Self {
+            name: name.into(),
+            child,
+            lines,
+            log_path,
+            admin,
+        })
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let r = civic_testkit::client::get(self.admin, path).await?;
+        Ok((r.status, r.text()))
+    }
+
+    /// The value of one sample of the Prometheus text, e.g. `civic_operator_leader`.
+    async fn metric(&self, sample: &str) -> anyhow::Result<f64> {
+        let (status, text) = self.get("/metrics").await?;
+        anyhow::ensure!(status == 200, "/metrics answered {status}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .with_context(|| format!("no sample {sample} in:\n{text}"))
+    }
+
+    fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "kill {sig} {}", self.child.id());
+        Ok(())
+    }
+
+    /// Waits for the process to exit; returns whether it exited successfully.
+    async fn wait_exit(&mut self, limit: Duration) -> anyhow::Result<bool> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.success());
+            }
+            if Instant::now() > deadline {
+                bail!("operator {} still running after {limit:?}", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Give the reader threads a moment to drain the pipes.
+        std::thread::sleep(Duration::from_millis(50));
+        let leaks = secrets::find_leaks(&self.output(), &secrets::known_secrets());
+        if !leaks.is_empty() && !std::thread::panicking() {
+            panic!(
+                "secrets in the output of operator {} ({}): {leaks:?}",
+                self.name,
+                self.log_path.display()
+            );
+        }
+    }
+}
+
+/// A cluster with the CRD, the chart's RBAC and the namespaces installed, a fake Civic Auth
+/// over TLS, and a kubeconfig for the operator's ServiceAccount.
+struct Env {
+    cluster: KubeApiServer,
+    admin: Client,
+    auth: FakeCivicAuth,
+    ca: TestCa,
+    kubeconfig: PathBuf,
+}
+
+async fn setup() -> anyhow::Result<Env> {
+    let sa_user = KubeApiServer::service_account_user(OPERATOR_NS, SA_NAME);
+    let cluster = KubeApiServer::builder()
+        .service_account(OPERATOR_NS, SA_NAME)
+        .start()
+        .await
+        .context("starting etcd + kube-apiserver (build them with scripts/kube/build.sh)")?;
+    let admin = cluster.admin_client().await?;
+    for ns in [OPERATOR_NS, TEAM] {
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
+        Api::<Namespace>::all(admin.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
+    }
+    install_crd(&admin).await?;
+    install_rbac(&admin).await?;
+
+    let ca = TestCa::new()?;
+    let auth = FakeCivicAuth::start_tls(&ca).await?;
+    secrets::register_secret(CLIENT_SECRET);
+    secrets::register_secret(CLIENT_SECRET_WRONG);
+    let kubeconfig = cluster.write_kubeconfig(&sa_user)?;
+    Ok(Env {
+        cluster,
+        admin,
+        auth,
+        ca,
+        kubeconfig,
+    })
+}
+
+/// The checked-in CRD (a drift test keeps it equal to `civic-operator crd`).
+async fn install_crd(admin: &Client) -> anyhow::Result<()> {
+    let yaml =
+        std::fs::read_to_string(repo_root().join("crds/civicintegrations.mcp.civic.com.yaml"))?;
+    let crd: CustomResourceDefinition = serde_yaml_ng::from_str(&yaml)?;
+    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+    crds.create(&PostParams::default(), &crd)
+        .await
+        .context("the 1.20 apiserver must accept the generated CRD")?;
+    eventually("CRD established", EVENTUALLY, || async {
+        let crd = crds.get("civicintegrations.mcp.civic.com").await?;
+        let established = crd
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        Ok(established.then_some(()))
+    })
+    .await
+}
+
+/// `charts/civic-mcp/templates/rbac.yaml`, rendered by substituting the release namespace.
+async fn install_rbac(admin: &Client) -> anyhow::Result<()> {
+    let template =
+        std::fs::read_to_string(repo_root().join("charts/civic-mcp/templates/rbac.yaml"))?;
+    let rendered = template.replace("{{ .Release.Namespace }}", OPERATOR_NS);
+    anyhow::ensure!(
+        !rendered.contains("{{"),
+        "rbac.yaml must only template the release namespace"
+    );
+    let mut kinds = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&rendered) {
+        let value = serde_json::to_value(
+            <serde_yaml_ng::Value as serde::Deserialize>::deserialize(doc)?,
+        )?;
+        if value.is_null() {
+            continue;
+        }
+        let obj: DynamicObject = serde_json::from_value(value.clone())?;
+        let tm = obj.types.clone().context("apiVersion/kind")?;
+        let (group, version) = tm
+            .api_version
+            .split_once('/')
+            .unwrap_or(("", tm.api_version.as_str()));
+        let plural = format!("{}s", tm.kind.to_ascii_lowercase()).replace("policys", "policies");
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(group, version, &tm.kind),
+            &plural,
+        );
+        let api: Api<DynamicObject> = match obj.namespace() {
+            Some(ns) => Api::namespaced_with(admin.clone(), &ns, &ar),
+            None => Api::all_with(admin.clone(), &ar),
+        };
+        api.patch(
+            &obj.name_any(),
+            &PatchParams::apply("civic-test").force(),
+            &Patch::Apply(&value),
+        )
+        .await
+        .with_context(|| format!("applying {} {}", tm.kind, obj.name_any()))?;
+        kinds.push(tm.kind);
+    }
+    for k in ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"] {
+        anyhow::ensure!(kinds.iter().any(|x| x == k), "rbac.yaml lacks a {k}");
+    }
+    Ok(())
+}
+
+fn integration(token_url: &str) -> Value {
+    json!({
+        "apiVersion": "mcp.civic.com/v1alpha1",
+        "kind": "CivicIntegration",
+        "metadata": {"name": CI_NAME, "namespace": TEAM},
+        "spec": {
+            "clientId": CLIENT_ID,
+            "clientSecretRef": {"name": SECRET_NAME, "key": "client-secret"},
+            "tokenUrl": token_url,
+            "bindings": [{
+                "name": "support",
+                "podSelector": {"matchLabels": {"app": "support-agent"}},
+                "profileId": secrets::PROFILE_ID,
+                "subject": {"serviceAccountToken": {"audience": "civic"}},
+            }],
+        },
+    })
+}
+
+/// Creates the integration from raw JSON (some test bodies are invalid on purpose, so they
+/// cannot go through the Rust type).
+async fn create_integration(admin: &Client, body: Value) -> Result<DynamicObject, kube::Error> {
+    let ar = ApiResource::erase::<CivicIntegration>(&());
+    let obj: DynamicObject = serde_json::from_value(body).expect("an object");
+    Api::<DynamicObject>::namespaced_with(admin.clone(), TEAM, &ar)
+        .create(&PostParams::default(), &obj)
+        .await
+}
+
+async fn put_secret(admin: &Client, value: &str) -> anyhow::Result<()> {
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": SECRET_NAME, "namespace": TEAM},
+        "stringData": {"client-secret": value},
+    }))?;
+    Api::<Secret>::namespaced(admin.clone(), TEAM)
+        .patch(
+            SECRET_NAME,
+            &PatchParams::apply("civic-test").force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+    Ok(())
+}
+
+/// `(status, reason)` of every condition of the integration.
+async fn conditions(admin: &Client) -> anyhow::Result<BTreeMap<String, (String, String)>> {
+    let ci = Api::<CivicIntegration>::namespaced(admin.clone(), TEAM)
+        .get(CI_NAME)
+        .await?;
+    Ok(ci
+        .status
+        .map(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| (c.type_, (c.status, c.reason)))
+        .collect())
+}
+
+/// Waits until each `(type, status, reason)` holds.
+async fn wait_conditions(admin: &Client, want: &[(&str, &str, &str)]) -> anyhow::Result<()> {
+    let what = format!("conditions {want:?}");
+    eventually(&what, EVENTUALLY, || async {
+        let have = conditions(admin).await?;
+        let ok = want
+            .iter()
+            .all(|(t, s, r)| have.get(*t).is_some_and(|(hs, hr)| hs == s && hr == r));
+        if ok {
+            Ok(Some(()))
+        } else {
+            bail!("have {have:?}")
+        }
+    })
+    .await
+}
+
+async fn events(admin: &Client) -> anyhow::Result<Vec<Event>> {
+    Ok(Api::<Event>::namespaced(admin.clone(), TEAM)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(CI_NAME))
+        .collect())
+}
+
+async fn lease_holder(admin: &Client) -> anyhow::Result<Option<String>> {
+    let lease = Api::<Lease>::namespaced(admin.clone(), OPERATOR_NS)
+        .get_opt(LEASE)
+        .await?;
+    Ok(lease
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty()))
+}
+
+fn code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+/// Turns a valid integration body into an invalid one.
+type Mutation = Box<dyn Fn(&mut Value)>;
+
+/// What the schema alone rejects, before any operator sees it.
+async fn schema_rejects_invalid_integrations(
+    admin: &Client,
+    token_url: &str,
+) -> anyhow::Result<()> {
+    let cases: Vec<(&str, Mutation)> = vec![
+        (
+            "profileId is not a UUID",
+            Box::new(|v| v["spec"]["bindings"][0]["profileId"] = json!("not-a-uuid")),
+        ),
+        (
+            "two subject sources",
+            Box::new(|v| {
+                v["spec"]["bindings"][0]["subject"]["requestHeader"] =
+                    json!({"name": "Authorization"})
+            }),
+        ),
+        (
+            "no subject source",
+            Box::new(|v| v["spec"]["bindings"][0]["subject"] = json!({})),
+        ),
+        (
+            "plain http to a remote token URL",
+            Box::new(|v| v["spec"]["tokenUrl"] = json!("http://auth.civic.com/oauth/token")),
+        ),
+        (
+            "empty client ID",
+            Box::new(|v| v["spec"]["clientId"] = json!("")),
+        ),
+        (
+            "empty Secret name",
+            Box::new(|v| v["spec"]["clientSecretRef"]["name"] = json!("")),
+        ),
+        (
+            "binding name not a DNS label",
+            Box::new(|v| v["spec"]["bindings"][0]["name"] = json!("Support_Agents")),
+        ),
+        (
+            "projected token shorter than 600 s",
+            Box::new(|v| {
+                v["spec"]["bindings"][0]["subject"]["serviceAccountToken"]["expirationSeconds"] =
+                    json!(300)
+            }),
+        ),
+        (
+            "duplicate binding names",
+            Box::new(|v| {
+                let b = v["spec"]["bindings"][0].clone();
+                v["spec"]["bindings"].as_array_mut().unwrap().push(b);
+            }),
+        ),
+    ];
+    for (what, mutate) in cases {
+        let mut body = integration(token_url);
+        mutate(&mut body);
+        let err = create_integration(admin, body)
+            .await
+            .err()
+            .with_context(|| format!("the schema accepted an integration with {what}"))?;
+        anyhow::ensure!(code(&err) == Some(422), "{what}: expected 422, got {err}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integration_lifecycle_under_the_chart_rbac() -> anyhow::Result<()> {
+    let env = setup().await?;
+    let admin = &env.admin;
+    let token_url = env.auth.token_url();
+    anyhow::ensure!(token_url.starts_with("https://"), "{token_url}");
+
+    schema_rejects_invalid_integrations(admin, &token_url).await?;
+
+    let op = Operator::start("lifecycle", &env.kubeconfig, env.ca.ca_file()).await?;
+    eventually("operator ready", EVENTUALLY, || async {
+        Ok((op.get("/readyz").await?.0 == 200).then_some(()))
+    })
+    .await?;
+    assert_eq!(op.get("/livez").await?.0, 200);
+
+    // Missing Secret.
+    create_integration(admin, integration(&token_url)).await?;
+    wait_conditions(
+        admin,
+        &[
+            ("SecretResolved", "False", "SecretNotFound"),
+            ("Ready", "False", "SecretNotFound"),
+            ("CredentialsValid", "Unknown", "NotChecked"),
+        ],
+    )
+    .await?;
+    assert_eq!(env.auth.calls(), 0, "no probe without a secret");
+
+    // Creating the Secret (with a wrong secret) flips SecretResolved at once (Secret watch,
+    // well before the 1 h probe interval), and Civic Auth's invalid_client is a verdict.
+    let created = Instant::now();
+    put_secret(admin, CLIENT_SECRET_WRONG).await?;
+    wait_conditions(
+        admin,
+        &[
+            ("SecretResolved", "True", "SecretFound"),
+            ("CredentialsValid", "False", "InvalidClient"),
+            ("Ready", "False", "InvalidClient"),
+        ],
+    )
+    .await?;
+    eprintln!("Secret created → verdict in {:?}", created.elapsed());
+
+    // Rotating to the right secret is re-probed at once: Ready.
+    put_secret(admin, CLIENT_SECRET).await?;
+    wait_conditions(
+        admin,
+        &[
+            ("SecretResolved", "True", "SecretFound"),
+            ("CredentialsValid", "True", "CredentialsAccepted"),
+            ("Ready", "True", "Ready"),
+        ],
+    )
+    .await?;
+    let probe = env
+        .auth
+        .requests()
+        .last()
+        .cloned()
+        .context("a probe request")?;
+    assert_eq!(
+        probe
+            .header("authorization")
+            .map(|h| h.starts_with("Basic ")),
+        Some(true)
+    );
+
+    // Pod counts: one opted-in matching pod carrying this binding's sidecar, one matching pod
+    // without it, one pod another binding would take.
+    Api::<ServiceAccount>::namespaced(admin.clone(), TEAM)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "default"}}))?,
+        )
+        .await?;
+    for (name, app, injected) in [
+        ("agent-1", "support-agent", Some("civic/support")),
+        ("agent-2", "support-agent", None),
+        ("other-1", "other", None),
+    ] {
+        let mut annotations = serde_json::Map::new();
+        if let Some(v) = injected {
+            annotations.insert(
+                civic_operator::annotations::INJECTED_ANNOTATION.into(),
+                json!(v),
+            );
+        }
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": app, "mcp.civic.com/inject": "enabled"},
+                         "annotations": annotations},
+            "spec": {"automountServiceAccountToken": false,
+                     "containers": [{"name": "app", "image": "example.invalid/app:1"}]},
+        }))?;
+        Api::<Pod>::namespaced(admin.clone(), TEAM)
+            .create(&PostParams::default(), &pod)
+            .await?;
+    }
+    eventually("pod counts", EVENTUALLY, || async {
+        let ci = Api::<CivicIntegration>::namespaced(admin.clone(), TEAM)
+            .get(CI_NAME)
+            .await?;
+        let b = ci.status.map(|s| s.bindings).unwrap_or_default();
+        Ok((b.len() == 1 && b[0].matched_pods == 2 && b[0].injected_pods == 1).then_some(()))
+    })
+    .await?;
+
+    // A no-op resync writes nothing: several resync periods pass, reconciles happen, and the
+    // object's resourceVersion stays the same.
+    let api = Api::<CivicIntegration>::namespaced(admin.clone(), TEAM);
+    let before = api.get(CI_NAME).await?;
+    let reconciles_before = op
+        .metric("civic_operator_reconciles_total{result=\"success\"}")
+        .await?;
+    let writes_before = op.metric("civic_operator_status_writes_total").await?;
+    let probes_before = env.auth.calls();
+    tokio::time::sleep(RESYNC * 4).await;
+    let after = api.get(CI_NAME).await?;
+    let reconciles_after = op
+        .metric("civic_operator_reconciles_total{result=\"success\"}")
+        .await?;
+    assert!(
+        reconciles_after >= reconciles_before + 3.0,
+        "resyncs reconciled ({reconciles_before} → {reconciles_after})"
+    );
+    assert_eq!(
+        after.resource_version(),
+        before.resource_version(),
+        "a no-op resync must not write"
+    );
+    assert_eq!(
+        op.metric("civic_operator_status_writes_total").await?,
+        writes_before
+    );
+    assert_eq!(
+        env.auth.calls(),
+        probes_before,
+        "a fresh verdict is not re-probed"
+    );
+    // The conditions' own bookkeeping is right.
+    let status = after.status.clone().context("status")?;
+    assert_eq!(status.observed_generation, after.metadata.generation);
+    assert!(
+        status
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == after.metadata.generation)
+    );
+    let managers: Vec<_> = after
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.subresource.as_deref() == Some("status")
+                || m.fields_v1
+                    .as_ref()
+                    .is_some_and(|f| f.0.to_string().contains("f:status"))
+        })
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(
+        managers.iter().all(|m| m == "civic-operator"),
+        "{managers:?}"
+    );
+
+    // Events: one per condition change, from the operator.
+    let evs = events(admin).await?;
+    let reasons: Vec<&str> = evs.iter().filter_map(|e| e.reason.as_deref()).collect();
+    for r in [
+        "SecretNotFound",
+        "SecretFound",
+        "InvalidClient",
+        "CredentialsAccepted",
+        "Ready",
+    ] {
+        assert!(reasons.contains(&r), "no {r} Event in {reasons:?}");
+    }
+    assert!(
+        evs.iter()
+            .all(|e| e.reporting_instance.as_deref() == Some("lifecycle"))
+    );
+    assert!(evs.iter().any(|e| e.type_.as_deref() == Some("Warning")));
+    assert!(evs.iter().any(|e| e.type_.as_deref() == Some("Normal")));
+
+    // An invalid spec the schema cannot see waits for a change with InvalidSpec.
+    let patch = json!({"spec": {"clientId": "has:colon"}});
+    api.patch(CI_NAME, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    wait_conditions(admin, &[("Ready", "False", "InvalidSpec")]).await?;
+
+    // The operator's token can do what rbac.yaml grants and nothing more.
+    let sa = env
+        .cluster
+        .client_for(&KubeApiServer::service_account_user(OPERATOR_NS, SA_NAME))
+        .await?;
+    let err = Api::<CivicIntegration>::namespaced(sa.clone(), TEAM)
+        .patch(
+            CI_NAME,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"clientId": "x"}})),
+        )
+        .await
+        .expect_err("the operator must not write specs");
+    assert_eq!(code(&err), Some(403), "{err}");
+    let err = Api::<Secret>::namespaced(sa, TEAM)
+        .delete(SECRET_NAME, &Default::default())
+        .await
+        .expect_err("the operator must not delete Secrets");
+    assert_eq!(code(&err), Some(403), "{err}");
+
+    assert!(!op.output().contains(CLIENT_SECRET));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_operators_elect_one_leader_and_fail_over() -> anyhow::Result<()> {
+    let env = setup().await?;
+    let admin = &env.admin;
+    let token_url = env.auth.token_url();
+    put_secret(admin, CLIENT_SECRET_WRONG).await?;
+    create_integration(admin, integration(&token_url)).await?;
+
+    let a = Operator::start("op-a", &env.kubeconfig, env.ca.ca_file()).await?;
+    let first = eventually("a leader", EVENTUALLY, || async {
+        lease_holder(admin).await
+    })
+    .await?;
+    assert_eq!(first, "op-a");
+    let mut b = Operator::start("op-b", &env.kubeconfig, env.ca.ca_file()).await?;
+    wait_conditions(admin, &[("CredentialsValid", "False", "InvalidClient")]).await?;
+
+    // Both replicas are ready; exactly one leads and only it reconciles, over several renewals.
+    eventually("b ready", EVENTUALLY, || async {
+        Ok((b.get("/readyz").await?.0 == 200).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(LEASE_DURATION + Duration::from_secs(1)).await;
+    assert_eq!(lease_holder(admin).await?.as_deref(), Some("op-a"));
+    assert_eq!(a.metric("civic_operator_leader").await?, 1.0);
+    assert_eq!(b.metric("civic_operator_leader").await?, 0.0);
+    assert!(
+        a.metric("civic_operator_reconciles_total{result=\"success\"}")
+            .await?
+            > 0.0
+    );
+    assert_eq!(
+        b.metric("civic_operator_reconciles_total{result=\"success\"}")
+            .await?,
+        0.0
+    );
+    assert_eq!(
+        b.metric("civic_operator_reconciles_total{result=\"error\"}")
+            .await?,
+        0.0
+    );
+
+    // The leader dies without releasing: b takes over once the lease expires.
+    let killed = Instant::now();
+    a.signal("-KILL")?;
+    drop(a);
+    let next = eventually("fail-over", EVENTUALLY, || async {
+        Ok(lease_holder(admin).await?.filter(|h| h == "op-b"))
+    })
+    .await?;
+    let took = killed.elapsed();
+    eprintln!("fail-over to {next} after {took:?}");
+    assert!(
+        took >= LEASE_DURATION - Duration::from_millis(500),
+        "took over too early: {took:?}"
+    );
+    assert!(took < LEASE_DURATION * 4, "took over too late: {took:?}");
+    eventually("b leads", EVENTUALLY, || async {
+        Ok((b.metric("civic_operator_leader").await? == 1.0).then_some(()))
+    })
+    .await?;
+
+    // The new leader reconciles: a fixed Secret makes the integration Ready, announced by op-b.
+    put_secret(admin, CLIENT_SECRET).await?;
+    wait_conditions(admin, &[("Ready", "True", "Ready")]).await?;
+    let evs = events(admin).await?;
+    assert!(
+        evs.iter()
+            .any(|e| e.reason.as_deref() == Some("CredentialsAccepted")
+                && e.reporting_instance.as_deref() == Some("op-b")),
+        "no CredentialsAccepted Event from op-b"
+    );
+
+    // A graceful stop releases the lease, so a successor need not wait for expiry.
+    b.signal("-TERM")?;
+    assert!(
+        b.wait_exit(Duration::from_secs(10)).await?,
+        "op-b exits cleanly on SIGTERM"
+    );
+    assert_eq!(lease_holder(admin).await?, None, "released on shutdown");
+    let started = Instant::now();
+    let c = Operator::start("op-c", &env.kubeconfig, env.ca.ca_file()).await?;
+    eventually("op-c leads", EVENTUALLY, || async {
+        Ok(lease_holder(admin).await?.filter(|h| h == "op-c"))
+    })
+    .await?;
+    assert!(
+        started.elapsed() < LEASE_DURATION,
+        "a released lease is taken at once, not after expiry ({:?})",
+        started.elapsed()
+    );
+    drop(c);
+    Ok(())
+}
