@@ -8,13 +8,13 @@ use std::time::Duration;
 use civic_sidecar::contract as c;
 use civic_testkit::SidecarProcess;
 use civic_testkit::secrets::PROFILE_ID;
-use common::BIN;
+use common::bin;
 
 /// A complete valid static-token configuration, then `overrides` (an empty value removes).
 async fn run(name: &str, overrides: &[(&str, &str)]) -> civic_testkit::process::Exited {
     let dir = civic_testkit::fs::TempDir::new("config");
     let tok = dir.write("token", "static-token-value-for-config-tests");
-    let mut b = SidecarProcess::builder(BIN, name)
+    let mut b = SidecarProcess::builder(bin(), name)
         .env(c::ENV_HUB_URL, "http://127.0.0.1:9/hub/mcp")
         .env(c::ENV_TOKEN_URL, "http://127.0.0.1:9/oauth/token")
         .env(c::ENV_PROFILE_ID, PROFILE_ID)
@@ -154,7 +154,7 @@ async fn invalid_config_two_subject_modes_or_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn help_lists_contract_variables() {
-    let out = SidecarProcess::builder(BIN, "config_help")
+    let out = SidecarProcess::builder(bin(), "config_help")
         .arg("--help")
         .run_to_exit(Duration::from_secs(10))
         .await

@@ -23,6 +23,11 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_civic-sidecar");
 
+/// The binary under test: `CIVIC_SIDECAR_BIN` (e.g. a release build) or the one cargo built.
+pub fn bin() -> String {
+    std::env::var("CIVIC_SIDECAR_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 /// How the sidecar gets its subject.
 #[derive(Debug, Clone)]
 pub enum Subject {
@@ -151,7 +156,7 @@ impl Setup {
         let secret_file = dir.write("client-secret", CLIENT_SECRET);
         let access_file = dir.write("access-token", &static_token);
 
-        let mut b: SidecarBuilder = SidecarProcess::builder(BIN, &self.name)
+        let mut b: SidecarBuilder = SidecarProcess::builder(bin(), &self.name)
             .env(
                 c::ENV_HUB_URL,
                 match (&self.hub_url, &self.hub_path) {
