@@ -1,0 +1,484 @@
+//! The Helm chart against the real kube-apiserver tier (DESIGN.md §6 tiers 4 and 5): `helm
+//! install` of `charts/civic-mcp` (CRD included), the real `civic-operator run` configured by the
+//! environment of the chart's own Deployment and authenticated as the chart's ServiceAccount
+//! (so only the chart's RBAC applies), reconciling a CivicIntegration to `Ready=True` against a
+//! fake Civic Auth; then `helm upgrade` (which must upgrade the CRD and leave the operator's
+//! runtime writes alone) and `helm uninstall` (which must leave nothing but the kept CRD).
+//! Pods never run here (no kubelet): the operator is a local process. Fails, never skips, when
+//! helm or the kube binaries are missing (`scripts/install-helm.sh`, `scripts/kube/build.sh`).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use civic_operator::crd::CivicIntegration;
+use civic_testkit::apiserver::{ADMIN_USER, KubeApiServer};
+use civic_testkit::auth::FakeCivicAuth;
+use civic_testkit::secrets::{self, CLIENT_ID, CLIENT_SECRET, PROFILE_ID};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use kube::discovery::{Discovery, Scope, verbs};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+const RELEASE: &str = "civic-mcp";
+const NS: &str = "civic-system";
+/// Fixed by `charts/civic-mcp/templates/rbac.yaml`.
+const SA_NAME: &str = "civic-mcp-operator";
+const TEAM: &str = "team-chart";
+const CRD_NAME: &str = "civicintegrations.mcp.civic.com";
+const CRD_FILE: &str = "files/civicintegrations.mcp.civic.com.yaml";
+/// A printer-column description the "previous release" of the chart carries, so the upgrade
+/// can be seen to change the CRD.
+const REAL_DESCRIPTION: &str = "Whether the integration is usable";
+const OLD_DESCRIPTION: &str = "Previous chart release";
+const EVENTUALLY: Duration = Duration::from_secs(60);
+const OPERATOR_NAME: &str = "chart-operator-0";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Polls `check` until it returns `Ok(Some(_))`.
+async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        let last = match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => "not yet".to_owned(),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() > deadline {
+            bail!("{what}: not true after {limit:?} (last: {last})");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// helm with its own config/cache/data dirs and the admin kubeconfig.
+struct Helm {
+    bin: PathBuf,
+    home: civic_testkit::fs::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Helm {
+    fn new(kubeconfig: PathBuf) -> anyhow::Result<Self> {
+        let cached = std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".cache/civic-mcp/bin/helm"))
+            .filter(|p| p.is_file());
+        let on_path = std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("helm"))
+                .find(|p| p.is_file())
+        });
+        let bin = cached.or(on_path).context(
+            "helm not found in ~/.cache/civic-mcp/bin nor on PATH: run scripts/install-helm.sh",
+        )?;
+        Ok(Self {
+            bin,
+            home: civic_testkit::fs::TempDir::new("helm-home"),
+            kubeconfig,
+        })
+    }
+
+    /// Runs helm to completion off the async runtime; fails with its output on a non-zero exit.
+    async fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CONFIG_HOME", self.home.path().join("config"))
+            .env("HELM_CACHE_HOME", self.home.path().join("cache"))
+            .env("HELM_DATA_HOME", self.home.path().join("data"));
+        let shown = format!("helm {}", args.join(" "));
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await?
+            .with_context(|| format!("running {shown}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure!(
+            out.status.success(),
+            "{shown} failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(stdout)
+    }
+}
+
+/// A copy of the chart whose CRD differs from the real one: the "previous release".
+fn previous_chart(dir: &Path) -> anyhow::Result<PathBuf> {
+    let src = repo_root().join("charts/civic-mcp");
+    let dst = dir.join("civic-mcp-previous");
+    copy_dir(&src, &dst)?;
+    let crd = dst.join(CRD_FILE);
+    let text = std::fs::read_to_string(&crd)?;
+    ensure!(
+        text.contains(REAL_DESCRIPTION),
+        "the CRD no longer has the description this test changes"
+    );
+    std::fs::write(&crd, text.replace(REAL_DESCRIPTION, OLD_DESCRIPTION))?;
+    Ok(dst)
+}
+
+fn copy_dir(src: &Path, dst: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let to = dst.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &to)?;
+        } else {
+            std::fs::copy(entry.path(), &to)?;
+        }
+    }
+    Ok(())
+}
+
+/// The plain `value` env vars of the operator container in a rendered manifest.
+fn deployment_env(manifest: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    for doc in serde_yaml_ng::Deserializer::from_str(manifest) {
+        let v: Value = serde::Deserialize::deserialize(doc)?;
+        if v["kind"] != "Deployment" {
+            continue;
+        }
+        let containers = v["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .context("Deployment without containers")?;
+        let operator = containers
+            .iter()
+            .find(|c| c["name"] == "operator")
+            .context("no operator container")?;
+        let env = operator["env"].as_array().context("no env")?;
+        return Ok(env
+            .iter()
+            .filter_map(|e| {
+                Some((
+                    e["name"].as_str()?.to_owned(),
+                    e["value"].as_str()?.to_owned(),
+                ))
+            })
+            .collect());
+    }
+    bail!("no Deployment in the release manifest")
+}
+
+/// `civic-operator run` as the chart configures it; output captured and scanned for secrets.
+struct Operator {
+    child: Mutex<Child>,
+    lines: Arc<Mutex<Vec<String>>>,
+    log_path: PathBuf,
+}
+
+impl Operator {
+    fn start(kubeconfig: &Path, chart_env: &BTreeMap<String, String>) -> anyhow::Result<Self> {
+        let log_path = civic_testkit::fs::test_logs_dir().join("operator-chart.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_civic-operator"))
+            .env_clear()
+            .envs(chart_env)
+            // What the pod would get from the downward API and its kubelet.
+            .env("POD_NAMESPACE", NS)
+            .env("POD_NAME", OPERATOR_NAME)
+            .env("KUBECONFIG", kubeconfig)
+            // Loopback and free ports only on a shared test machine.
+            .env("CIVIC_OPERATOR_ADMIN_ADDR", "127.0.0.1:0")
+            .env("CIVIC_OPERATOR_WEBHOOK_ADDR", "127.0.0.1:0")
+            .arg("run")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawn civic-operator")?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let file = Arc::new(Mutex::new(std::fs::File::create(&log_path)?));
+        for out in [
+            Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("piped")),
+        ] {
+            let (lines, file) = (lines.clone(), file.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let _ = writeln!(file.lock().unwrap(), "{line}");
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        Ok(Self {
+            child: Mutex::new(child),
+            lines,
+            log_path,
+        })
+    }
+
+    fn running(&self) -> bool {
+        matches!(self.child.lock().unwrap().try_wait(), Ok(None))
+    }
+
+    fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    fn stop(&self) {
+        let mut child = self.child.lock().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        // Let the reader threads drain the pipes.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.stop();
+        let leaks = secrets::find_leaks(&self.output(), &secrets::known_secrets());
+        if !leaks.is_empty() && !std::thread::panicking() {
+            panic!(
+                "secrets in the operator's output ({}): {leaks:?}",
+                self.log_path.display()
+            );
+        }
+    }
+}
+
+async fn ready_condition(admin: &Client) -> anyhow::Result<Option<(String, String)>> {
+    let api: Api<CivicIntegration> = Api::namespaced(admin.clone(), TEAM);
+    let ci = api.get("chart").await?;
+    let status = |t: &str| ci.condition(t).map(|c| c.status.clone());
+    Ok(match (status("Ready"), status("CredentialsValid")) {
+        (Some(r), Some(c)) => Some((r, c)),
+        _ => None,
+    })
+}
+
+async fn wait_ready(admin: &Client, operator: &Operator) -> anyhow::Result<()> {
+    let result = eventually("CivicIntegration Ready=True", EVENTUALLY, || async {
+        ensure!(operator.running(), "the operator exited");
+        Ok(ready_condition(admin)
+            .await?
+            .filter(|(r, c)| r == "True" && c == "True"))
+    })
+    .await;
+    result.with_context(|| format!("operator output:\n{}", operator.output()))?;
+    Ok(())
+}
+
+async fn crd_description(admin: &Client) -> anyhow::Result<Option<String>> {
+    let crd = Api::<CustomResourceDefinition>::all(admin.clone())
+        .get(CRD_NAME)
+        .await?;
+    Ok(crd.spec.versions[0]
+        .additional_printer_columns
+        .as_ref()
+        .and_then(|cols| cols.iter().find(|c| c.name == "Ready"))
+        .and_then(|c| c.description.clone()))
+}
+
+async fn lease_holder(admin: &Client) -> anyhow::Result<Option<String>> {
+    let lease = Api::<Lease>::namespaced(admin.clone(), NS)
+        .get_opt(SA_NAME)
+        .await?;
+    Ok(lease.and_then(|l| l.spec?.holder_identity))
+}
+
+/// Every object left in the release namespace (Events aside) and every cluster-scoped
+/// object of the chart except the CRD.
+async fn leftovers(admin: &Client) -> anyhow::Result<Vec<String>> {
+    let discovery = Discovery::new(admin.clone()).run().await?;
+    let mut left = Vec::new();
+    for group in discovery.groups() {
+        for (ar, caps) in group.recommended_resources() {
+            // Events age out by themselves; the namespace itself is the user's.
+            if !caps.supports_operation(verbs::LIST)
+                || ar.plural == "events"
+                || ar.plural == "namespaces"
+            {
+                continue;
+            }
+            let api: Api<DynamicObject> = match caps.scope {
+                Scope::Namespaced => Api::namespaced_with(admin.clone(), NS, &ar),
+                Scope::Cluster => Api::all_with(admin.clone(), &ar),
+            };
+            let Ok(list) = api.list(&ListParams::default()).await else {
+                continue;
+            };
+            for obj in list {
+                let name = obj.name_any();
+                let ours = match caps.scope {
+                    Scope::Namespaced => true,
+                    Scope::Cluster => {
+                        // The kept CRD and the APIService the apiserver derives from it.
+                        name != CRD_NAME
+                            && name != "v1alpha1.mcp.civic.com"
+                            && (name.contains("civic")
+                                || obj
+                                    .labels()
+                                    .get("app.kubernetes.io/name")
+                                    .map(String::as_str)
+                                    == Some("civic-mcp"))
+                    }
+                };
+                if ours {
+                    left.push(format!("{}/{name}", ar.kind));
+                }
+            }
+        }
+    }
+    Ok(left)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_operator_under_chart_rbac_upgrade_and_uninstall() -> anyhow::Result<()> {
+    let sa_user = KubeApiServer::service_account_user(NS, SA_NAME);
+    let cluster = KubeApiServer::builder()
+        .service_account(NS, SA_NAME)
+        .start()
+        .await
+        .context("starting etcd + kube-apiserver (build them with scripts/kube/build.sh)")?;
+    let admin = cluster.admin_client().await?;
+    let helm = Helm::new(cluster.write_kubeconfig(ADMIN_USER)?)?;
+    let work = civic_testkit::fs::TempDir::new("chart-test");
+    let chart = repo_root().join("charts/civic-mcp");
+    let chart = chart.to_str().context("non-UTF-8 path")?;
+    let previous = previous_chart(work.path())?;
+    let previous = previous.to_str().context("non-UTF-8 path")?;
+
+    // 1. Install the "previous release": CRD, RBAC, Deployment, webhook, Lease, Secret.
+    helm.run(&[
+        "install",
+        RELEASE,
+        previous,
+        "--namespace",
+        NS,
+        "--create-namespace",
+    ])
+    .await?;
+    let manifest = helm
+        .run(&["get", "manifest", RELEASE, "--namespace", NS])
+        .await?;
+    let chart_env = deployment_env(&manifest)?;
+    for key in ["CIVIC_OPERATOR_LEASE_NAME", "CIVIC_OPERATOR_SIDECAR_IMAGE"] {
+        ensure!(chart_env.contains_key(key), "the chart sets no {key}");
+    }
+    let crd = Api::<CustomResourceDefinition>::all(admin.clone())
+        .get(CRD_NAME)
+        .await?;
+    ensure!(
+        crd.annotations()
+            .get("helm.sh/resource-policy")
+            .map(String::as_str)
+            == Some("keep"),
+        "the CRD is not kept on uninstall"
+    );
+    ensure!(crd_description(&admin).await?.as_deref() == Some(OLD_DESCRIPTION));
+
+    // 2. The operator as the chart's ServiceAccount reconciles an integration to Ready.
+    let auth = FakeCivicAuth::start().await?;
+    secrets::register_secret(CLIENT_SECRET);
+    let operator = Operator::start(&cluster.write_kubeconfig(&sa_user)?, &chart_env)?;
+    let team: Namespace = serde_json::from_value(json!({"metadata": {"name": TEAM}}))?;
+    Api::<Namespace>::all(admin.clone())
+        .create(&PostParams::default(), &team)
+        .await?;
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "civic-credentials"},
+        "stringData": {"client-secret": CLIENT_SECRET},
+    }))?;
+    Api::<Secret>::namespaced(admin.clone(), TEAM)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let integration: CivicIntegration = serde_json::from_value(json!({
+        "apiVersion": "mcp.civic.com/v1alpha1",
+        "kind": "CivicIntegration",
+        "metadata": {"name": "chart"},
+        "spec": {
+            "clientId": CLIENT_ID,
+            "clientSecretRef": {"name": "civic-credentials", "key": "client-secret"},
+            "tokenUrl": auth.token_url(),
+            "bindings": [{
+                "name": "agents",
+                "podSelector": {"matchLabels": {"app": "agent"}},
+                "profileId": PROFILE_ID,
+                "subject": {"serviceAccountToken": {"audience": "civic"}},
+            }],
+        },
+    }))?;
+    let integrations: Api<CivicIntegration> = Api::namespaced(admin.clone(), TEAM);
+    // The CRD may still be on its way to Established right after the install.
+    eventually("CivicIntegration created", EVENTUALLY, || async {
+        Ok(integrations
+            .create(&PostParams::default(), &integration)
+            .await
+            .ok())
+    })
+    .await?;
+    wait_ready(&admin, &operator).await?;
+    ensure!(auth.calls() >= 1, "the credentials were never probed");
+    let holder = eventually(
+        "the operator holds the chart's Lease",
+        EVENTUALLY,
+        || async { Ok(lease_holder(&admin).await?.filter(|h| h == OPERATOR_NAME)) },
+    )
+    .await?;
+
+    // 3. Upgrade to the real chart: the CRD is upgraded, the operator's Lease survives.
+    helm.run(&[
+        "upgrade",
+        RELEASE,
+        chart,
+        "--namespace",
+        NS,
+        "--reuse-values",
+        "--set",
+        "operator.logLevel=debug",
+    ])
+    .await?;
+    ensure!(
+        crd_description(&admin).await?.as_deref() == Some(REAL_DESCRIPTION),
+        "helm upgrade did not upgrade the CRD"
+    );
+    let upgraded_env = deployment_env(
+        &helm
+            .run(&["get", "manifest", RELEASE, "--namespace", NS])
+            .await?,
+    )?;
+    ensure!(upgraded_env.get("CIVIC_OPERATOR_LOG").map(String::as_str) == Some("debug"));
+    ensure!(
+        lease_holder(&admin).await?.as_deref() == Some(holder.as_str()),
+        "helm upgrade reset the operator's Lease"
+    );
+    ensure!(integrations.get("chart").await.is_ok());
+    wait_ready(&admin, &operator).await?;
+
+    // 4. Uninstall while the operator runs (as in a cluster, where its pods stop afterwards).
+    helm.run(&["uninstall", RELEASE, "--namespace", NS]).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    operator.stop();
+    eventually("nothing left after helm uninstall", EVENTUALLY, || async {
+        let left = leftovers(&admin).await?;
+        ensure!(left.is_empty(), "still there: {left:?}");
+        Ok(Some(()))
+    })
+    .await?;
+    ensure!(
+        Api::<CustomResourceDefinition>::all(admin.clone())
+            .get_opt(CRD_NAME)
+            .await?
+            .is_some(),
+        "the CRD was deleted on uninstall (it is kept on purpose)"
+    );
+    ensure!(
+        integrations.get("chart").await.is_ok(),
+        "integrations must survive an uninstall with the kept CRD"
+    );
+    Ok(())
+}
