@@ -59,15 +59,17 @@ civic-mcp-operator
 {{- printf "%s-metrics" (include "civic-mcp.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* Fixed, like the ServiceAccount and Lease: rbac.yaml may grant the operator access by name. */}}
 {{- define "civic-mcp.webhookConfigName" -}}
-{{- include "civic-mcp.fullname" . }}
+civic-mcp
 {{- end }}
 
 {{- define "civic-mcp.webhookCertSecretName" -}}
 {{- if .Values.webhook.certManager.enabled }}
 {{- default (printf "%s-webhook-cert-manager-tls" (include "civic-mcp.fullname" .)) .Values.webhook.certManager.secretName | trunc 253 }}
 {{- else }}
-{{- printf "%s-webhook-tls" (include "civic-mcp.fullname" .) | trunc 253 }}
+{{- /* Fixed: rbac.yaml may grant the operator access by name. */}}
+{{- print "civic-mcp-webhook-tls" }}
 {{- end }}
 {{- end }}
 
