@@ -229,7 +229,12 @@ sidecars=$(jq --arg img "$sidecar_image" '[(.spec.initContainers // [])[], .spec
 native=$(jq --arg img "$sidecar_image" '[(.spec.initContainers // [])[] | select((.image | endswith($img)) and .restartPolicy == "Always")] | length' <<<"$pod_json")
 app_url=$(kubectl -n "$APP_NS" exec "$pod" -c app -- printenv CIVIC_MCP_URL)
 [ "$app_url" = "http://127.0.0.1:8931/hub/mcp" ] || die "CIVIC_MCP_URL is '$app_url'"
-app_secret_mounts=$(jq '[.spec.containers[] | select(.name == "app") | (.volumeMounts // [])[] | select(.name | test("secret|credential"))] | length' <<<"$pod_json")
+# Volumes carrying the client secret (plain or projected) must be mounted only by the sidecar.
+app_secret_mounts=$(jq '
+  [.spec.volumes[]? | select(.secret.secretName == "civic-credentials"
+     or ([.projected.sources[]? | .secret.name] | index("civic-credentials"))) | .name] as $secret_volumes
+  | [.spec.containers[] | select(.name == "app") | (.volumeMounts // [])[] | .name
+     | select(. as $n | $secret_volumes | index($n))] | length' <<<"$pod_json")
 [ "$app_secret_mounts" = 0 ] || die "the app container mounts the client secret"
 pass "pod $pod runs with one sidecar (native sidecar: $native), CIVIC_MCP_URL set, no secret in the app"
 
