@@ -380,6 +380,31 @@ async fn wait_conditions(admin: &Client, want: &[(&str, &str, &str)]) -> anyhow:
     .await
 }
 
+/// The server-side Table for `kubectl get civic -n team`: column name → cell of our row.
+async fn printed_table(admin: &Client) -> anyhow::Result<BTreeMap<String, String>> {
+    let req = http::Request::get(format!(
+        "/apis/mcp.civic.com/v1alpha1/namespaces/{TEAM}/civicintegrations"
+    ))
+    .header(
+        "accept",
+        "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+    )
+    .body(Vec::new())?;
+    let table: Value = admin.request(req).await?;
+    let names: Vec<String> = table["columnDefinitions"]
+        .as_array()
+        .context("columnDefinitions")?
+        .iter()
+        .map(|c| c["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let cells = table["rows"][0]["cells"].as_array().context("a row")?;
+    Ok(names
+        .into_iter()
+        .zip(cells)
+        .map(|(n, c)| (n, c.as_str().map_or_else(|| c.to_string(), str::to_owned)))
+        .collect())
+}
+
 async fn events(admin: &Client) -> anyhow::Result<Vec<Event>> {
     Ok(Api::<Event>::namespaced(admin.clone(), TEAM)
         .list(&ListParams::default())
@@ -580,6 +605,20 @@ async fn integration_lifecycle_under_the_chart_rbac() -> anyhow::Result<()> {
         Ok((b.len() == 1 && b[0].matched_pods == 2 && b[0].injected_pods == 1).then_some(()))
     })
     .await?;
+
+    // `kubectl get civic` columns, as the apiserver renders them (a server-side Table).
+    let table = printed_table(admin).await?;
+    assert_eq!(
+        table.get("Ready").map(String::as_str),
+        Some("True"),
+        "{table:?}"
+    );
+    assert_eq!(
+        table.get("Bindings").map(String::as_str),
+        Some("support"),
+        "{table:?}"
+    );
+    assert!(table.contains_key("Age"), "{table:?}");
 
     // A no-op resync writes nothing: several resync periods pass, reconciles happen, and the
     // object's resourceVersion stays the same.
