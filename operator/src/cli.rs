@@ -124,6 +124,10 @@ pub struct RunArgs {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+
+    /// The admission webhook (served by every replica) and the defaults of injected sidecars.
+    #[command(flatten)]
+    pub webhook: crate::webhook::WebhookArgs,
 }
 
 /// Why `run` stopped with a failure.
@@ -147,6 +151,8 @@ pub enum RunError {
     },
     #[error("the controller stopped unexpectedly")]
     ControllerStopped,
+    #[error(transparent)]
+    Webhook(#[from] crate::webhook::WebhookError),
 }
 
 impl RunError {
@@ -159,6 +165,7 @@ impl RunError {
             RunError::Kube(_) => "kube_client",
             RunError::Listen { .. } => "listen",
             RunError::ControllerStopped => "controller_stopped",
+            RunError::Webhook(e) => e.category(),
         }
     }
 }
@@ -239,6 +246,15 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         },
     ));
 
+    let webhook = crate::webhook::start(
+        &args.webhook,
+        client.clone(),
+        &args.namespace,
+        &lease.identity,
+        metrics.registry(),
+    )
+    .await?;
+
     let shared = Shared {
         client: client.clone(),
         probe: Arc::new(ExchangeProbe::new(tls, args.probe_timeout)),
@@ -267,6 +283,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     .await;
     let _ = stop_tx.send(true);
     let _ = admin.await;
+    if let Some(webhook) = webhook {
+        webhook.stop().await;
+    }
     match ended {
         Ended::Shutdown => Ok(()),
         Ended::WorkEnded => Err(RunError::ControllerStopped),

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod annotations;
+pub mod certs;
 pub mod cli;
 pub mod conditions;
 pub mod controller;
@@ -16,6 +17,7 @@ pub mod probe;
 pub mod status;
 pub mod telemetry;
 pub mod validation;
+pub mod webhook;
 
 #[cfg(test)]
 mod testing;

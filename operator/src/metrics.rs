@@ -101,6 +101,11 @@ impl Metrics {
         }
     }
 
+    /// The registry, for metrics defined elsewhere (the webhook's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
