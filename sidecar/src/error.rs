@@ -30,6 +30,8 @@ pub enum ProxyError {
     ForbiddenOrigin,
     #[error("request body larger than {0} bytes")]
     BodyTooLarge(u64),
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
     #[error("could not read the request body: {0}")]
     RequestBody(String),
     #[error(transparent)]
@@ -53,7 +55,7 @@ impl ProxyError {
             ProxyError::MisdirectedHost => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::ForbiddenOrigin => StatusCode::FORBIDDEN,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::RequestBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::RequestBody(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Token(e) => match e {
                 TokenError::Subject(
                     SubjectError::MissingHeader(_) | SubjectError::InvalidHeader(_),
@@ -88,6 +90,7 @@ impl ProxyError {
             ProxyError::ForbiddenOrigin => "forbidden_origin",
             ProxyError::BodyTooLarge(_) => "body_too_large",
             ProxyError::RequestBody(_) => "request_body",
+            ProxyError::BadRequest(_) => "bad_request",
             ProxyError::Token(e) => e.category(),
             ProxyError::UpstreamConnect(_) => "upstream_connect",
             ProxyError::UpstreamConnectTimeout => "upstream_connect_timeout",
@@ -200,6 +203,10 @@ mod tests {
         assert_eq!(ProxyError::MisdirectedHost.status(), 421);
         assert_eq!(ProxyError::ForbiddenOrigin.status(), 403);
         assert_eq!(ProxyError::BodyTooLarge(1).status(), 413);
+        assert_eq!(
+            ProxyError::BadRequest("more than one Host header").status(),
+            400
+        );
         assert_eq!(ProxyError::UpstreamRejectedToken("exchanged").status(), 502);
         let missing = ProxyError::Token(TokenError::Subject(
             crate::subject::SubjectError::MissingHeader(http::header::AUTHORIZATION),

@@ -131,7 +131,7 @@ impl<E: Exchange> Proxy<E> {
         request: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let (mut parts, body) = request.into_parts();
-        self.check(&parts.headers)?;
+        self.check(&parts)?;
         if parts.uri.path() != MCP_PATH {
             return Err(ProxyError::NotFound);
         }
@@ -236,10 +236,27 @@ impl<E: Exchange> Proxy<E> {
         Response::from_parts(parts, body)
     }
 
-    /// Statements 4 and 5.
-    fn check(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
-        // Absent Host (HTTP/1.0) is not a rebinding attempt: browsers always send one.
-        if let Some(host) = headers.get(HOST)
+    /// Statements 4 and 5, and the Host rules of RFC 9112 §3.2.
+    fn check(&self, parts: &http::request::Parts) -> Result<(), ProxyError> {
+        let headers = &parts.headers;
+        let mut hosts = headers.get_all(HOST).iter();
+        let host = hosts.next();
+        // RFC 9112 §3.2: more than one Host, or none on HTTP/1.1, is a 400. Absent Host on
+        // HTTP/1.0 is not a rebinding attempt: browsers always send one.
+        if hosts.next().is_some() {
+            return Err(ProxyError::BadRequest("more than one Host header"));
+        }
+        if host.is_none() && parts.version == Version::HTTP_11 && parts.uri.authority().is_none() {
+            return Err(ProxyError::BadRequest("missing Host header"));
+        }
+        // Absolute-form and CONNECT targets: their authority is the one the request is for
+        // (RFC 9112 §3.2.2), so it must be loopback as well.
+        if let Some(authority) = parts.uri.authority()
+            && !is_loopback_authority(authority.as_str().as_bytes())
+        {
+            return Err(ProxyError::MisdirectedHost);
+        }
+        if let Some(host) = host
             && !is_loopback_authority(host.as_bytes())
         {
             return Err(ProxyError::MisdirectedHost);
