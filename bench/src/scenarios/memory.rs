@@ -1,0 +1,234 @@
+//! Resident memory of nginx's worker and of the sidecar: idle, under small-body load, with 50
+//! concurrent 1 MiB responses, per open SSE stream (1,000 streams, every event counted), and the
+//! creep between the first and the last of three such load cycles. Fresh processes, plain
+//! upstream.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use civic_testkit::FakeCivicAuth;
+use http::Method;
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use super::{Env, Kind, Proxy, with_peak_rss};
+use crate::client::Target;
+use crate::error::{BenchError, Result};
+use crate::sidecar::Subject;
+
+/// One proxy's memory figures, KiB; lists have one entry per cycle.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryFigures {
+    pub proxy: &'static str,
+    pub idle_kib: u64,
+    pub load_peak_kib: Vec<u64>,
+    pub large_peak_kib: Vec<u64>,
+    pub large_responses: u64,
+    /// Large responses that were not 200 with exactly the expected length.
+    pub large_bad: u64,
+    pub sse_before_kib: Vec<u64>,
+    pub sse_peak_kib: Vec<u64>,
+    /// (peak with all streams open − RSS just before) ÷ streams.
+    pub sse_per_stream_kib: Vec<f64>,
+    pub sse_streams_opened: Vec<u64>,
+    pub sse_events_expected: Vec<u64>,
+    pub sse_events_received: Vec<u64>,
+    pub sse_events_lost: u64,
+    pub after_cycle_kib: Vec<u64>,
+    /// RSS after the last cycle − after the first.
+    pub creep_kib: i64,
+    /// nginx's master process (constant; not in the figures above).
+    pub master_kib: Option<u64>,
+}
+
+pub async fn run(env: &Env, auth: &FakeCivicAuth) -> Result<Vec<MemoryFigures>> {
+    let mut out = Vec::new();
+    for name in ["nginx", "sidecar"] {
+        let proxy = match name {
+            "nginx" => Proxy::Nginx(env.start_nginx(Kind::Http, "memory")?),
+            _ => Proxy::Sidecar(
+                env.start_sidecar(Kind::Http, "memory", auth, Subject::File)
+                    .await?,
+            ),
+        };
+        let figures = measure(env, &proxy).await?;
+        eprintln!(
+            "  {:7} idle {} KiB, per SSE stream {:.1} KiB, creep {} KiB, lost events {}",
+            name,
+            figures.idle_kib,
+            figures
+                .sse_per_stream_kib
+                .first()
+                .copied()
+                .unwrap_or(f64::NAN),
+            figures.creep_kib,
+            figures.sse_events_lost
+        );
+        out.push(figures);
+    }
+    Ok(out)
+}
+
+async fn measure(env: &Env, proxy: &Proxy) -> Result<MemoryFigures> {
+    let plan = &env.plan;
+    let target = proxy.target();
+    let pids = proxy.rss_pids();
+    // Warm: a few requests on a few connections, then let it settle.
+    for _ in 0..4 {
+        let mut c = target.connect().await?;
+        for _ in 0..50 {
+            let a = c.send(target.small_post()).await?;
+            if a.status != 200 {
+                return Err(BenchError::Check(format!(
+                    "{} answered {} while warming up",
+                    proxy.name(),
+                    a.status
+                )));
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut f = MemoryFigures {
+        proxy: proxy.name(),
+        idle_kib: proxy.rss_kib()?,
+        load_peak_kib: Vec::new(),
+        large_peak_kib: Vec::new(),
+        large_responses: 0,
+        large_bad: 0,
+        sse_before_kib: Vec::new(),
+        sse_peak_kib: Vec::new(),
+        sse_per_stream_kib: Vec::new(),
+        sse_streams_opened: Vec::new(),
+        sse_events_expected: Vec::new(),
+        sse_events_received: Vec::new(),
+        sse_events_lost: 0,
+        after_cycle_kib: Vec::new(),
+        creep_kib: 0,
+        master_kib: match proxy {
+            Proxy::Nginx(n) => n.master_rss_kib().ok(),
+            Proxy::Sidecar(_) => None,
+        },
+    };
+    for _ in 0..plan.memory_cycles {
+        let (load, peak) = with_peak_rss(
+            &pids,
+            env.wrk.run(&target, plan.wrk_connections, plan.memory_load),
+        )
+        .await;
+        load?;
+        f.load_peak_kib.push(peak);
+
+        let (large, peak) = with_peak_rss(
+            &pids,
+            large_responses(
+                &target,
+                plan.large_clients,
+                plan.large_bytes,
+                plan.large_duration,
+            ),
+        )
+        .await;
+        let (n, bad) = large?;
+        f.large_responses += n;
+        f.large_bad += bad;
+        f.large_peak_kib.push(peak);
+
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = proxy.rss_kib()?;
+        let expected = plan.sse_streams as u64 * plan.sse_events;
+        let (sse, peak) = with_peak_rss(
+            &pids,
+            sse_streams(&target, plan.sse_streams, plan.sse_events, plan.sse_every),
+        )
+        .await;
+        let (opened, received) = sse?;
+        f.sse_before_kib.push(before);
+        f.sse_peak_kib.push(peak);
+        f.sse_per_stream_kib
+            .push(peak.saturating_sub(before) as f64 / plan.sse_streams as f64);
+        f.sse_streams_opened.push(opened);
+        f.sse_events_expected.push(expected);
+        f.sse_events_received.push(received);
+        f.sse_events_lost += expected.saturating_sub(received);
+
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        f.after_cycle_kib.push(proxy.rss_kib()?);
+    }
+    if let (Some(first), Some(last)) = (f.after_cycle_kib.first(), f.after_cycle_kib.last()) {
+        f.creep_kib = *last as i64 - *first as i64;
+    }
+    Ok(f)
+}
+
+/// `clients` connections each fetching `bytes`-long answers back to back for `duration`.
+/// Returns (responses, bad responses).
+async fn large_responses(
+    target: &Target,
+    clients: usize,
+    bytes: usize,
+    duration: Duration,
+) -> Result<(u64, u64)> {
+    let deadline = tokio::time::Instant::now() + duration;
+    let mut set = JoinSet::new();
+    for _ in 0..clients {
+        let target = target.clone();
+        set.spawn(async move {
+            let mut c = target.connect().await?;
+            let (mut n, mut bad) = (0u64, 0u64);
+            while tokio::time::Instant::now() < deadline {
+                let req = target.request(
+                    Method::POST,
+                    &format!("bytes={bytes}"),
+                    Bytes::from_static(crate::client::SMALL_REQUEST.as_bytes()),
+                );
+                let a = c.send(req).await?;
+                n += 1;
+                bad += u64::from(a.status != 200 || a.bytes != bytes as u64);
+            }
+            Ok::<_, BenchError>((n, bad))
+        });
+    }
+    let (mut n, mut bad) = (0, 0);
+    while let Some(r) = set.join_next().await {
+        let (a, b) = r.map_err(|e| BenchError::Check(format!("large-response task: {e}")))??;
+        n += a;
+        bad += b;
+    }
+    Ok((n, bad))
+}
+
+/// Opens `streams` SSE streams of `events` events each (one every `every`) and reads them to
+/// the end. Returns (streams answered 200, events received).
+async fn sse_streams(
+    target: &Target,
+    streams: usize,
+    events: u64,
+    every: Duration,
+) -> Result<(u64, u64)> {
+    let query = format!("sse={events}&every_ms={}", every.as_millis());
+    let mut set = JoinSet::new();
+    for i in 0..streams {
+        // Batches of 100: stay within the listeners' accept backlogs.
+        if i > 0 && i % 100 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let target = target.clone();
+        let query = query.clone();
+        set.spawn(async move {
+            let mut c = target.connect().await?;
+            c.send(target.request(Method::GET, &query, Bytes::new()))
+                .await
+        });
+    }
+    let (mut opened, mut received) = (0, 0);
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(Ok(a)) if a.status == 200 => {
+                opened += 1;
+                received += a.events;
+            }
+            _ => {}
+        }
+    }
+    Ok((opened, received))
+}
