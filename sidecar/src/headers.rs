@@ -59,8 +59,13 @@ pub struct RequestRewrite {
 
 impl RequestRewrite {
     /// Turns the workload's headers into the hub's, except `Authorization` (see
-    /// [`set_bearer`](Self::set_bearer)).
-    pub fn apply(&self, headers: &mut HeaderMap) {
+    /// [`set_bearer`](Self::set_bearer)). `user_agents` remembers the last workload
+    /// `User-Agent` and its rewritten value.
+    pub fn apply(
+        &self,
+        headers: &mut HeaderMap,
+        user_agents: &mut Option<(HeaderValue, HeaderValue)>,
+    ) {
         remove_hop_by_hop(headers);
         headers.remove(header::AUTHORIZATION);
         headers.remove(header::EXPECT);
@@ -73,14 +78,20 @@ impl RequestRewrite {
             headers.insert(self.profile_header.clone(), profile.clone());
         }
         let user_agent = match headers.get(header::USER_AGENT) {
-            Some(ua) if !ua.is_empty() => {
-                let mut bytes = Vec::with_capacity(ua.len() + 1 + self.product.len());
-                bytes.extend_from_slice(ua.as_bytes());
-                bytes.push(b' ');
-                bytes.extend_from_slice(self.product.as_bytes());
-                HeaderValue::from_bytes(&bytes)
-                    .unwrap_or_else(|_| HeaderValue::from_static(self.product))
-            }
+            Some(ua) if !ua.is_empty() => match user_agents {
+                // A connection keeps sending the same User-Agent: build the combined value once.
+                Some((seen, combined)) if seen == ua => combined.clone(),
+                _ => {
+                    let mut bytes = Vec::with_capacity(ua.len() + 1 + self.product.len());
+                    bytes.extend_from_slice(ua.as_bytes());
+                    bytes.push(b' ');
+                    bytes.extend_from_slice(self.product.as_bytes());
+                    let combined = HeaderValue::from_bytes(&bytes)
+                        .unwrap_or_else(|_| HeaderValue::from_static(self.product));
+                    *user_agents = Some((ua.clone(), combined.clone()));
+                    combined
+                }
+            },
             _ => HeaderValue::from_static(self.product),
         };
         headers.insert(header::USER_AGENT, user_agent);
@@ -192,7 +203,7 @@ mod tests {
             ("accept-encoding", "gzip"),
         ]);
         let r = rewrite();
-        r.apply(&mut h);
+        r.apply(&mut h, &mut None);
         RequestRewrite::set_bearer(&mut h, &HeaderValue::from_static("Bearer exchanged"));
         assert_eq!(
             h.get_all("authorization").iter().collect::<Vec<_>>(),
@@ -204,6 +215,16 @@ mod tests {
         );
         assert_eq!(h["host"], "app.civic.com");
         assert_eq!(h["user-agent"], "python-httpx2/2.16.2 civic-sidecar/0.1.0");
+        // Memoized per connection; a different agent is not confused with the last one.
+        let mut memo = None;
+        for ua in ["a/1", "a/1", "b/2"] {
+            let mut h = map(&[("user-agent", ua)]);
+            r.apply(&mut h, &mut memo);
+            assert_eq!(
+                h["user-agent"],
+                format!("{ua} civic-sidecar/0.1.0").as_str()
+            );
+        }
         for gone in [
             "x-user-token",
             "connection",
@@ -246,7 +267,7 @@ mod tests {
         let mut h = HeaderMap::new();
         let mut r = rewrite();
         r.profile_value = None;
-        r.apply(&mut h);
+        r.apply(&mut h, &mut None);
         assert!(!h.contains_key("mcp-protocol-version"));
         assert!(!h.contains_key("x-civic-profile-id"));
         assert_eq!(h["user-agent"], "civic-sidecar/0.1.0");

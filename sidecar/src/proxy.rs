@@ -38,6 +38,7 @@ pub struct Proxy<E> {
     upstream: Upstream,
     rewrite: RequestRewrite,
     hub_path: String,
+    hub_uri: Uri,
     strip_profile_query: bool,
     max_body_bytes: u64,
     origins: OriginPolicy,
@@ -53,8 +54,12 @@ impl<E> std::fmt::Debug for Proxy<E> {
     }
 }
 
-/// State of one workload connection.
-pub type Connection = Arc<Mutex<UpstreamSlot>>;
+/// State of one workload connection: its hub connection and the last `User-Agent` rewrite.
+#[derive(Debug, Default)]
+pub struct Connection {
+    slot: Mutex<UpstreamSlot>,
+    user_agents: std::sync::Mutex<Option<(HeaderValue, HeaderValue)>>,
+}
 
 impl<E: Exchange> Proxy<E> {
     /// Builds the proxy for `config`, forwarding to `upstream` with tokens from `tokens`.
@@ -83,6 +88,7 @@ impl<E: Exchange> Proxy<E> {
                 product: concat!("civic-sidecar/", env!("CARGO_PKG_VERSION")),
             },
             hub_path: config.hub_url.path().to_string(),
+            hub_uri: Uri::try_from(config.hub_url.path()).expect("a URL path is a valid URI"),
             strip_profile_query: config.profile.is_some() && config.profile_lock,
             max_body_bytes: config.max_body_bytes,
             origins: config.allowed_origins.clone(),
@@ -91,8 +97,8 @@ impl<E: Exchange> Proxy<E> {
     }
 
     /// State for a new workload connection.
-    pub fn connection(&self) -> Connection {
-        Arc::new(Mutex::new(UpstreamSlot::default()))
+    pub fn connection(&self) -> Arc<Connection> {
+        Arc::new(Connection::default())
     }
 
     /// Answers one workload request.
@@ -144,13 +150,18 @@ impl<E: Exchange> Proxy<E> {
             return Err(ProxyError::BodyTooLarge(self.max_body_bytes));
         }
         let token = self.tokens.token(&parts.headers).await?;
-        let exceeded = Arc::new(AtomicBool::new(false));
-        let body = self.read_body(body, &exceeded).await?;
+        let (body, exceeded) = self.read_body(body).await?;
 
         parts.uri = self.upstream_uri(&parts.uri)?;
         parts.version = Version::HTTP_11;
         parts.extensions = http::Extensions::new();
-        self.rewrite.apply(&mut parts.headers);
+        {
+            let mut user_agents = connection
+                .user_agents
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            self.rewrite.apply(&mut parts.headers, &mut user_agents);
+        }
         // Only small, complete bodies are kept for a replay; the copy is cheap (`Bytes`).
         let replay = match (&body, token.renewable()) {
             (RequestBody::Full { data }, true) => Some(Replay {
@@ -167,7 +178,7 @@ impl<E: Exchange> Proxy<E> {
             .send(connection, Request::from_parts(parts, body))
             .await
         {
-            Err(_) if exceeded.load(Ordering::Relaxed) => {
+            Err(_) if exceeded.is_some_and(|e| e.load(Ordering::Relaxed)) => {
                 return Err(ProxyError::BodyTooLarge(self.max_body_bytes));
             }
             other => other?,
@@ -216,7 +227,7 @@ impl<E: Exchange> Proxy<E> {
         request: Request<RequestBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let started = Instant::now();
-        let mut slot = connection.lock().await;
+        let mut slot = connection.slot.lock().await;
         let response = slot.send(&self.upstream, request).await;
         self.metrics
             .upstream_duration
@@ -273,7 +284,7 @@ impl<E: Exchange> Proxy<E> {
     /// token is profile-locked (statement 25).
     fn upstream_uri(&self, uri: &Uri) -> Result<Uri, ProxyError> {
         let target = match uri.query() {
-            None => return Uri::try_from(self.hub_path.as_str()).map_err(|_| ProxyError::NotFound),
+            None => return Ok(self.hub_uri.clone()),
             Some(query) if self.strip_profile_query => {
                 let stripped = strip_profile_params(query);
                 if stripped.len() != query.len() {
@@ -293,43 +304,50 @@ impl<E: Exchange> Proxy<E> {
     }
 
     /// Reads up to [`REPLAY_LIMIT`] bytes; a body that ends by then is returned whole, a longer
-    /// one streams on (statement 28 counts it against the limit either way).
+    /// one streams on, counted against the limit (statement 28); its flag tells whether it went
+    /// over. A body that arrives in one frame is not copied.
     async fn read_body(
         &self,
         mut body: Incoming,
-        exceeded: &Arc<AtomicBool>,
-    ) -> Result<RequestBody, ProxyError> {
-        if body.is_end_stream() {
-            return Ok(RequestBody::full(Bytes::new()));
-        }
+    ) -> Result<(RequestBody, Option<Arc<AtomicBool>>), ProxyError> {
         let limit = self.max_body_bytes;
         let replay_cap = (REPLAY_LIMIT as u64).min(limit) as usize;
+        let mut first: Option<Bytes> = None;
         let mut buffer = BytesMut::new();
-        loop {
-            match body.frame().await {
-                None => return Ok(RequestBody::full(buffer.freeze())),
+        while !body.is_end_stream() {
+            let data = match body.frame().await {
+                None => break,
                 Some(Err(e)) => return Err(ProxyError::RequestBody(e.to_string())),
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        buffer.extend_from_slice(&data);
-                        if buffer.len() as u64 > limit {
-                            return Err(ProxyError::BodyTooLarge(limit));
-                        }
-                        if buffer.len() > replay_cap || body.is_end_stream() {
-                            if body.is_end_stream() {
-                                return Ok(RequestBody::full(buffer.freeze()));
-                            }
-                            return Ok(RequestBody::streaming(
-                                buffer.freeze(),
-                                body,
-                                limit,
-                                exceeded.clone(),
-                            ));
-                        }
-                    }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => data,
+                    _ => continue,
+                },
+            };
+            let read = match first.take() {
+                None if buffer.is_empty() => {
+                    first = Some(data);
+                    first.as_ref().map_or(0, Bytes::len)
                 }
+                earlier => {
+                    if let Some(earlier) = earlier {
+                        buffer.extend_from_slice(&earlier);
+                    }
+                    buffer.extend_from_slice(&data);
+                    buffer.len()
+                }
+            };
+            if read as u64 > limit {
+                return Err(ProxyError::BodyTooLarge(limit));
+            }
+            if read > replay_cap && !body.is_end_stream() {
+                let prefix = first.take().unwrap_or_else(|| buffer.split().freeze());
+                let exceeded = Arc::new(AtomicBool::new(false));
+                let streaming = RequestBody::streaming(prefix, body, limit, exceeded.clone());
+                return Ok((streaming, Some(exceeded)));
             }
         }
+        let whole = first.unwrap_or_else(|| buffer.freeze());
+        Ok((RequestBody::full(whole), None))
     }
 }
 

@@ -109,7 +109,7 @@ struct Static {
 }
 
 enum Mode<E> {
-    Static(Static),
+    Static(Box<Static>),
     Exchange(Box<Exchanging<E>>),
 }
 
@@ -137,10 +137,10 @@ impl<E: Exchange> TokenSource<E> {
         let (subject, credentials, capacity) = match &config.mode {
             SubjectMode::Static { path } => {
                 return Self {
-                    mode: Mode::Static(Static {
+                    mode: Mode::Static(Box::new(Static {
                         file: WatchedFile::new("access token", path),
                         memo: Mutex::new(None),
-                    }),
+                    })),
                 };
             }
             SubjectMode::File { path, credentials } => (
