@@ -1102,3 +1102,61 @@ async fn secret_and_subject_rotated_mid_load_no_request_fails() {
     assert_alive(&mut env).await;
     env.finish();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_absurd_lifetimes_do_not_crash_the_sidecar() {
+    // Opaque subjects carry no `exp` to cap the lifetime, so the issued one is taken as is.
+    let opaque = |body: &'static str| {
+        AuthReply::raw(200, "application/json", Bytes::from_static(body.as_bytes()))
+    };
+    let cases = [
+        (
+            "float",
+            opaque(r#"{"access_token":"opaque-a","token_type":"Bearer","expires_in":1e300}"#),
+        ),
+        (
+            "u64 max",
+            opaque(
+                r#"{"access_token":"opaque-b","token_type":"Bearer","expires_in":18446744073709551615}"#,
+            ),
+        ),
+        (
+            "string",
+            opaque(
+                r#"{"access_token":"opaque-c","token_type":"Bearer","expires_in":"18446744073709551615"}"#,
+            ),
+        ),
+        // JWT `exp` far in the future, no expires_in.
+        (
+            "jwt exp",
+            opaque(
+                r#"{"access_token":"eyJhbGciOiJub25lIn0.eyJleHAiOjkyMjMzNzIwMzY4NTQ3NzU4MDd9.c2ln","token_type":"Bearer"}"#,
+            ),
+        ),
+    ];
+    for (name, reply) in cases {
+        let mut env = Setup::new(&format!("auth_absurd_lifetime_{}", name.replace(' ', "_")))
+            .subject(Subject::Header("x-user-token".into()))
+            .start_with(move |auth, hub| {
+                auth.set_default(reply);
+                hub.set_validator(|_| true);
+            })
+            .await
+            .unwrap();
+        let req = env
+            .request(Method::POST)
+            .header("x-user-token", "opaque-subject-without-exp")
+            .body(Full::new(Bytes::from(
+                client::jsonrpc(1, "tools/list").to_string(),
+            )))
+            .unwrap();
+        let r = env.send(req).await;
+        assert!(
+            env.sidecar.is_running(),
+            "{name}: the sidecar must not crash"
+        );
+        assert_eq!(r.unwrap().status, 200, "{name}: the token is used");
+        assert_alive(&mut env).await;
+        env.finish();
+    }
+}
