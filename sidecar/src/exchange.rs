@@ -983,4 +983,177 @@ mod tests {
         assert!(!text.contains("the-client-secret"));
         assert!(!text.contains("subject-jwt"));
     }
+
+    /// A one-shot token endpoint on loopback: records the request, answers `status`/`body`
+    /// after `delay`.
+    async fn endpoint(
+        status: u16,
+        reply: &'static str,
+        delay: Duration,
+    ) -> (
+        Url,
+        tokio::sync::oneshot::Receiver<(http::request::Parts, bytes::Bytes)>,
+    ) {
+        use http_body_util::BodyExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!(
+            "http://{}/oauth/token",
+            listener.local_addr().unwrap()
+        ))
+        .unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let tx = std::sync::Mutex::new(Some(tx));
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let tx = tx.lock().unwrap().take();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let bytes = body.collect().await.unwrap().to_bytes();
+                        if let Some(tx) = tx {
+                            let _ = tx.send((parts, bytes));
+                        }
+                        tokio::time::sleep(delay).await;
+                        let mut r = http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(reply.as_bytes()),
+                        ));
+                        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                        r.headers_mut()
+                            .insert("content-type", HeaderValue::from_static("application/json"));
+                        r.headers_mut()
+                            .insert(RETRY_AFTER, HeaderValue::from_static("3"));
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+        (url, rx)
+    }
+
+    fn client(url: Url, timeout: Duration) -> ExchangeClient {
+        ExchangeClient::new(url, crate::tls::client_config(None).unwrap(), timeout).unwrap()
+    }
+
+    fn creds() -> ClientCredentials {
+        ClientCredentials {
+            client_id: "client-1".into(),
+            client_secret: Secret::new("secret-1"),
+        }
+    }
+
+    #[tokio::test]
+    async fn exchange_on_the_wire() {
+        let (url, seen) = endpoint(
+            200,
+            r#"{"access_token":"issued-1","token_type":"Bearer","expires_in":120}"#,
+            Duration::ZERO,
+        )
+        .await;
+        let mut r = request();
+        r.profile = Some("7c9e6679-7425-40de-944b-e07fc1f90ae7".parse().unwrap());
+        r.subject_token = Secret::new("a+b/c=d");
+        let token = client(url, Duration::from_secs(5))
+            .exchange(&creds(), &r)
+            .await
+            .unwrap();
+        assert_eq!(token.access_token.expose(), "issued-1");
+        assert_eq!(token.expires_in, Some(120));
+        assert_eq!(token.lifetime.expires_after, Duration::from_secs(90));
+        let (parts, body) = seen.await.unwrap();
+        assert_eq!(parts.method, http::Method::POST);
+        assert_eq!(parts.uri.path(), "/oauth/token");
+        assert_eq!(
+            parts.headers["content-type"],
+            "application/x-www-form-urlencoded"
+        );
+        assert_eq!(
+            parts.headers["authorization"],
+            "Basic Y2xpZW50LTE6c2VjcmV0LTE="
+        );
+        let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+        assert_eq!(
+            form,
+            vec![
+                ("grant_type".into(), GRANT_TYPE_TOKEN_EXCHANGE.into()),
+                ("subject_token".into(), "a+b/c=d".into()),
+                (
+                    "subject_token_type".into(),
+                    crate::contract::DEFAULT_SUBJECT_TOKEN_TYPE.into()
+                ),
+                (
+                    "civic_profile".into(),
+                    "7c9e6679-7425-40de-944b-e07fc1f90ae7".into()
+                ),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn errors_on_the_wire() {
+        let (url, _) = endpoint(429, "{}", Duration::ZERO).await;
+        let err = client(url, Duration::from_secs(5))
+            .exchange(&creds(), &request())
+            .await
+            .unwrap_err();
+        assert_eq!(err.category(), "rate_limited");
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(3)));
+
+        let (url, _) = endpoint(200, "{}", Duration::from_secs(3)).await;
+        let err = client(url, Duration::from_secs(1))
+            .exchange(&creds(), &request())
+            .await
+            .unwrap_err();
+        assert_eq!(err.category(), "timeout");
+
+        let closed = Url::parse("http://127.0.0.1:1/oauth/token").unwrap();
+        let err = client(closed, Duration::from_secs(2))
+            .exchange(&creds(), &request())
+            .await
+            .unwrap_err();
+        assert_eq!(err.category(), "network");
+        assert!(err.is_transient());
+    }
+
+    #[tokio::test]
+    async fn probe_on_the_wire() {
+        let (url, seen) = endpoint(400, r#"{"error":"invalid_grant"}"#, Duration::ZERO).await;
+        let verdict = client(url, Duration::from_secs(5))
+            .probe_credentials(&creds())
+            .await
+            .unwrap();
+        assert_eq!(verdict, CredentialVerdict::Valid);
+        let (_, body) = seen.await.unwrap();
+        assert!(
+            String::from_utf8_lossy(&body)
+                .contains("subject_token=civic-sidecar-credential-probe.invalid")
+        );
+
+        let (url, _) = endpoint(
+            401,
+            r#"{"error":"invalid_client","error_description":"Client authentication failed"}"#,
+            Duration::ZERO,
+        )
+        .await;
+        let verdict = client(url, Duration::from_secs(5))
+            .probe_credentials(&creds())
+            .await
+            .unwrap();
+        assert_eq!(
+            verdict,
+            CredentialVerdict::Invalid {
+                code: "invalid_client".into(),
+                description: Some("Client authentication failed".into())
+            }
+        );
+
+        let (url, _) = endpoint(503, "{}", Duration::ZERO).await;
+        let err = client(url, Duration::from_secs(5))
+            .probe_credentials(&creds())
+            .await
+            .unwrap_err();
+        assert_eq!(err.category(), "unavailable");
+    }
 }
