@@ -27,9 +27,12 @@ pub enum BodyError {
 pin_project! {
     /// A request body on its way to the hub: either fully buffered (small, replayable), or a
     /// buffered prefix followed by the rest of the workload's stream, counted against a limit.
+    #[allow(missing_docs)]
     #[project = RequestBodyProj]
     pub enum RequestBody {
-        Full { data: Option<Bytes> },
+        Full {
+            data: Option<Bytes>,
+        },
         Streaming {
             prefix: Option<Bytes>,
             #[pin]
@@ -151,9 +154,12 @@ impl Drop for StreamGuard {
 pin_project! {
     /// A response to the workload: the hub's body relayed as it arrives, or a body the sidecar
     /// wrote itself.
+    #[allow(missing_docs)]
     #[project = ResponseBodyProj]
     pub enum ResponseBody {
-        Full { data: Option<Bytes> },
+        Full {
+            data: Option<Bytes>,
+        },
         Upstream {
             #[pin]
             body: Incoming,

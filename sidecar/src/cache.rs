@@ -102,7 +102,9 @@ pub fn bearer(token: &str) -> Result<HeaderValue, ExchangeError> {
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{error}")]
 pub struct CacheError {
+    /// What the last exchange for this key answered.
     pub error: ExchangeError,
+    /// No new exchange is made before this.
     pub retry_at: Instant,
 }
 
@@ -118,7 +120,9 @@ impl CacheError {
 /// Exponential backoff with equal jitter, never shorter than the server's `Retry-After`.
 #[derive(Clone, Copy, Debug)]
 pub struct Backoff {
+    /// Delay after the first failure (before jitter).
     pub base: Duration,
+    /// Largest delay (before `Retry-After`).
     pub max: Duration,
 }
 

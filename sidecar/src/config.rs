@@ -137,16 +137,23 @@ struct Cli {
 pub enum SubjectMode {
     /// Exchange the token in a file (re-read when it changes).
     File {
+        /// The subject token file (e.g. a projected service-account token).
         path: PathBuf,
+        /// Client credentials for the exchange.
         credentials: CredentialsConfig,
     },
     /// Exchange the token each request carries in this header (per-user).
     Header {
+        /// The request header carrying the subject token (consumed, never forwarded).
         name: HeaderName,
+        /// Client credentials for the exchange.
         credentials: CredentialsConfig,
     },
     /// Send the Civic token in this file as is.
-    Static { path: PathBuf },
+    Static {
+        /// The file holding the Civic access token.
+        path: PathBuf,
+    },
 }
 
 impl SubjectMode {
@@ -163,40 +170,63 @@ impl SubjectMode {
 /// Client credentials as configured: the secret stays in its file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CredentialsConfig {
+    /// Civic Auth client ID.
     pub client_id: String,
+    /// File holding the client secret (re-read when it changes).
     pub secret_file: PathBuf,
 }
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
+    /// One JSON object per line, fields flattened (`message`, `addr`…).
     Json,
+    /// Human-readable `key=value` lines.
     Text,
 }
 
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Proxy listener (loopback only).
     pub listen_addr: SocketAddr,
+    /// Admin listener.
     pub admin_addr: SocketAddr,
+    /// Hub URL requests are forwarded to.
     pub hub_url: Url,
+    /// Civic Auth token endpoint.
     pub token_url: Url,
+    /// How the token is obtained.
     pub mode: SubjectMode,
+    /// Profile UUID.
     pub profile: Option<Uuid>,
+    /// Send `civic_profile` in exchanges (and strip profile query parameters).
     pub profile_lock: bool,
+    /// Header carrying the profile UUID to the hub.
     pub profile_header: HeaderName,
+    /// RFC 8693 `subject_token_type`.
     pub subject_token_type: String,
+    /// Requested `expires_in`.
     pub token_ttl_seconds: Option<u32>,
+    /// Requested `scope`.
     pub scope: Option<String>,
     /// Contents of `CIVIC_CA_FILE`, read and checked at start.
     pub ca_pem: Option<Vec<u8>>,
+    /// Largest request body forwarded.
     pub max_body_bytes: u64,
+    /// Origins allowed to call the proxy.
     pub allowed_origins: OriginPolicy,
+    /// How long open streams may run after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Timeout of one exchange (≤ 15 s).
     pub exchange_timeout: Duration,
+    /// Cache bound in header mode.
     pub max_cached_subjects: usize,
+    /// Runtime worker threads (1: a single-threaded runtime).
     pub worker_threads: usize,
+    /// `tracing` filter.
     pub log_filter: String,
+    /// Log output format.
     pub log_format: LogFormat,
 }
 
@@ -206,8 +236,11 @@ pub enum ConfigError {
     /// A setting has a bad value.
     #[error("invalid {env} (--{flag}): {reason}")]
     Invalid {
+        /// The environment variable.
         env: &'static str,
+        /// The flag, without `--`.
         flag: &'static str,
+        /// What is wrong with the value.
         reason: String,
     },
     /// The settings do not fit together.

@@ -56,21 +56,35 @@ pub const ENV_WORKER_THREADS: &str = "CIVIC_WORKER_THREADS";
 pub const PROXY_PORT: u16 = 8931;
 /// Port of the admin listener.
 pub const ADMIN_PORT: u16 = 8932;
+/// Default of [`ENV_LISTEN_ADDR`].
 pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:8931";
+/// Default of [`ENV_ADMIN_ADDR`].
 pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:8932";
+/// Default of [`ENV_HUB_URL`].
 pub const DEFAULT_HUB_URL: &str = "https://app.civic.com/hub/mcp";
+/// Default of [`ENV_TOKEN_URL`].
 pub const DEFAULT_TOKEN_URL: &str = "https://auth.civic.com/oauth/token";
+/// Default of [`ENV_SUBJECT_TOKEN_TYPE`].
 pub const DEFAULT_SUBJECT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// Default of [`ENV_PROFILE_HEADER`].
 pub const DEFAULT_PROFILE_HEADER: &str = "x-civic-profile-id";
+/// Default of [`ENV_LOG`].
 pub const DEFAULT_LOG: &str = "info";
+/// Default of [`ENV_LOG_FORMAT`].
 pub const DEFAULT_LOG_FORMAT: &str = "json";
-/// 4 MiB, the official Python MCP server's own limit.
+/// Default of [`ENV_MAX_BODY_BYTES`]: 4 MiB, the official Python MCP server's own limit.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 * 1024 * 1024;
+/// Default of [`ENV_ALLOWED_ORIGINS`]: loopback origins only.
 pub const DEFAULT_ALLOWED_ORIGINS: &str = "loopback";
+/// Default of [`ENV_SHUTDOWN_GRACE_SECONDS`] (below Kubernetes' default 30 s grace period).
 pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 20;
+/// Default of [`ENV_EXCHANGE_TIMEOUT_SECONDS`].
 pub const DEFAULT_EXCHANGE_TIMEOUT_SECONDS: u64 = 10;
+/// Largest accepted [`ENV_EXCHANGE_TIMEOUT_SECONDS`] (protocol.md §7 statement 16).
 pub const MAX_EXCHANGE_TIMEOUT_SECONDS: u64 = 15;
+/// Default of [`ENV_MAX_CACHED_SUBJECTS`].
 pub const DEFAULT_MAX_CACHED_SUBJECTS: usize = 1024;
+/// Default of [`ENV_WORKER_THREADS`].
 pub const DEFAULT_WORKER_THREADS: usize = 1;
 /// The only path the proxy forwards.
 pub const MCP_PATH: &str = "/hub/mcp";

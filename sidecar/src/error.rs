@@ -20,29 +20,42 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// A request the proxy answers itself instead of (or after) talking to the hub.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    /// Any path but `/hub/mcp` (404).
     #[error("not found: only {} is proxied", crate::contract::MCP_PATH)]
     NotFound,
     #[error("method not allowed: use POST, GET or DELETE")]
+    /// Not POST, GET or DELETE (405).
     MethodNotAllowed,
     #[error("misdirected request: the Host header must name a loopback address")]
+    /// A `Host` (or target authority) that is not loopback (421).
     MisdirectedHost,
     #[error("forbidden: Origin is not allowed")]
+    /// An `Origin` outside the allow-list (403).
     ForbiddenOrigin,
     #[error("request body larger than {0} bytes")]
+    /// A request body over the limit (413).
     BodyTooLarge(u64),
     #[error("bad request: {0}")]
+    /// A malformed request (400).
     BadRequest(&'static str),
     #[error("could not read the request body: {0}")]
+    /// The workload's body could not be read (400).
     RequestBody(String),
     #[error(transparent)]
+    /// No token for the request (401 in header mode without a token, 502 for a rejected
+    /// exchange, 503 otherwise).
     Token(#[from] TokenError),
     #[error("cannot reach the MCP hub: {0}")]
+    /// The hub could not be connected to (502).
     UpstreamConnect(String),
     #[error("timed out connecting to the MCP hub")]
+    /// Connecting to the hub timed out (504).
     UpstreamConnectTimeout,
     #[error("the MCP hub connection failed: {0}")]
+    /// The hub connection failed mid-request (502).
     Upstream(String),
     #[error("the MCP hub rejected the {0} token (HTTP 401)")]
+    /// The hub answered 401 again after a fresh token (502, without its challenge).
     UpstreamRejectedToken(&'static str),
 }
 

@@ -126,18 +126,25 @@ pub enum ExchangeError {
     /// Civic Auth answered 4xx (or an unexpected non-2xx that is not a server failure).
     #[error("token exchange rejected: {code} (HTTP {status}){}", describe(.description))]
     Rejected {
+        /// HTTP status.
         status: u16,
         /// OAuth error code, or `http_<status>` when the body had none.
         code: String,
+        /// Sanitized, truncated `error_description`.
         description: Option<String>,
     },
     /// Civic Auth answered 429.
     #[error("token exchange rate limited (HTTP 429)")]
-    RateLimited { retry_after: Option<Duration> },
+    RateLimited {
+        /// The server's `Retry-After`.
+        retry_after: Option<Duration>,
+    },
     /// Civic Auth answered 5xx.
     #[error("token exchange unavailable (HTTP {status})")]
     Unavailable {
+        /// HTTP status.
         status: u16,
+        /// The server's `Retry-After`.
         retry_after: Option<Duration>,
     },
     /// No complete answer within the timeout.
@@ -409,8 +416,11 @@ pub fn form_fields(request: &ExchangeRequest) -> Vec<(&'static str, String)> {
 /// A successful token response, before lifetime math.
 #[derive(Debug)]
 pub struct TokenResponse {
+    /// The issued token.
     pub access_token: Secret,
+    /// `issued_token_type`, when present.
     pub issued_token_type: Option<String>,
+    /// `expires_in`, when usable (> 0).
     pub expires_in: Option<u64>,
 }
 

@@ -1,4 +1,49 @@
-//! Civic MCP sidecar library.
+//! Civic MCP sidecar: a localhost proxy that gives a workload authenticated access to the Civic
+//! MCP hub. The workload calls `http://127.0.0.1:8931/hub/mcp` with no credentials; the sidecar
+//! exchanges the workload's identity for a profile-locked Civic token (RFC 8693) and forwards
+//! the request with it.
+//!
+//! # Used by the operator
+//!
+//! - [`contract`]: environment variable names, ports and defaults the operator injects.
+//! - [`tls::client_config`]: the one rustls (ring) client configuration.
+//! - [`exchange::ExchangeClient`]: the token-exchange client, with
+//!   [`probe_credentials`](exchange::ExchangeClient::probe_credentials) to tell good client
+//!   credentials from bad ones without a subject token.
+//!
+//! ```no_run
+//! # async fn probe() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use civic_sidecar::exchange::{ClientCredentials, CredentialVerdict, ExchangeClient};
+//! use civic_sidecar::secret::Secret;
+//!
+//! let tls = civic_sidecar::tls::client_config(None)?;
+//! let client = ExchangeClient::new(
+//!     civic_sidecar::contract::DEFAULT_TOKEN_URL.parse()?,
+//!     tls,
+//!     Duration::from_secs(10),
+//! )?;
+//! let credentials = ClientCredentials {
+//!     client_id: "my-client".into(),
+//!     client_secret: Secret::new("from-the-secret"),
+//! };
+//! match client.probe_credentials(&credentials).await? {
+//!     CredentialVerdict::Valid => println!("credentials accepted"),
+//!     CredentialVerdict::Invalid { code, .. } => println!("rejected: {code}"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The sidecar itself
+//!
+//! [`config::Config`] (flags and `CIVIC_*` variables) → [`server::Server::bind`] →
+//! [`server::Server::run`]. Inside: [`token::TokenSource`] gives each request its token (static
+//! file, or exchanged through the [`cache::TokenCache`] for a subject from a [`subject`] file or
+//! header); [`proxy::Proxy`] checks and rewrites requests ([`guard`], [`headers`]) and relays
+//! them over one [`upstream`] connection per workload connection; [`admin`] serves `/livez`,
+//! `/readyz` and `/metrics` ([`metrics`]).
+#![warn(missing_docs)]
 
 pub mod admin;
 pub mod body;

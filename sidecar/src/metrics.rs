@@ -25,15 +25,25 @@ use prometheus::{
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// `civic_sidecar_requests_total{code}`.
     pub requests: IntCounterVec,
+    /// `civic_sidecar_upstream_request_duration_seconds`.
     pub upstream_duration: Histogram,
+    /// `civic_sidecar_upstream_connections_total{result}`.
     pub upstream_connections: IntCounterVec,
+    /// `civic_sidecar_exchanges_total{result}`.
     pub exchanges: IntCounterVec,
+    /// `civic_sidecar_exchange_duration_seconds`.
     pub exchange_duration: Histogram,
+    /// `civic_sidecar_token_cache_hits_total`.
     pub cache_hits: IntCounter,
+    /// `civic_sidecar_token_cache_misses_total`.
     pub cache_misses: IntCounter,
+    /// `civic_sidecar_token_refreshes_total`.
     pub refreshes: IntCounter,
+    /// `civic_sidecar_cached_tokens`.
     pub cached_tokens: IntGauge,
+    /// `civic_sidecar_open_streams`.
     pub open_streams: IntGauge,
 }
 

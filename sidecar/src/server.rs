@@ -26,16 +26,23 @@ use crate::upstream::{Upstream, UpstreamError};
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The TLS configuration could not be built.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The exchange client could not be built.
     #[error(transparent)]
     Exchange(#[from] ExchangeError),
+    /// The hub URL cannot be connected to.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// A listener could not be bound.
     #[error("cannot listen on {addr} ({which}): {source}")]
     Bind {
+        /// `proxy` or `admin`.
         which: &'static str,
+        /// The configured address.
         addr: SocketAddr,
+        /// The OS error.
         source: std::io::Error,
     },
 }

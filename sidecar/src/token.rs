@@ -79,7 +79,9 @@ impl Token {
 /// Readiness of the token source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {
+    /// A token can be served.
     Ready,
+    /// Why not (safe to show: no secret).
     NotReady(String),
 }
 

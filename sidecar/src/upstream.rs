@@ -45,8 +45,10 @@ impl std::fmt::Debug for Upstream {
 /// Why the hub URL cannot be connected to.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
+    /// The hub URL names no host or port.
     #[error("hub URL has no host or port")]
     NoHost,
+    /// The hub host cannot be a TLS server name.
     #[error("hub host is not a valid TLS server name")]
     ServerName,
 }
