@@ -8,7 +8,6 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName};
 
@@ -16,11 +15,6 @@ use crate::secret::Secret;
 
 /// Largest token or secret file read.
 const MAX_FILE_BYTES: u64 = 64 * 1024;
-
-/// A file changed this recently is re-read even when its stamp looks unchanged: file times
-/// are coarse (a kernel tick), and a freed inode is reused at once, so two same-length writes
-/// in quick succession can leave identical stamps (git's "racily clean" problem).
-const RACY_WINDOW: Duration = Duration::from_secs(2);
 
 /// Why no subject token (or secret) is available.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -130,7 +124,6 @@ impl WatchedFile {
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = loaded.as_ref()
             && l.stamp == stamp
-            && !recently_changed(&meta)
         {
             return Ok(l.value.clone());
         }
@@ -172,19 +165,6 @@ impl WatchedFile {
             reason,
         }
     }
-}
-
-/// Whether the file's content or inode changed within [`RACY_WINDOW`] (or the clock is odd).
-fn recently_changed(meta: &std::fs::Metadata) -> bool {
-    let (secs, nanos) = (meta.mtime(), meta.mtime_nsec()).max((meta.ctime(), meta.ctime_nsec()));
-    let changed = UNIX_EPOCH
-        + Duration::new(
-            u64::try_from(secs).unwrap_or(0),
-            u32::try_from(nanos).unwrap_or(0).min(999_999_999),
-        );
-    SystemTime::now()
-        .duration_since(changed)
-        .map_or(true, |age| age < RACY_WINDOW)
 }
 
 /// Header mode: the subject token a request carries in `name`, without a `Bearer ` prefix.
@@ -245,31 +225,6 @@ mod tests {
         // Same content rewritten: times change, generation does not.
         std::fs::write(&path, "two\n").unwrap();
         assert_eq!(file.current().unwrap().generation, b.generation);
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn quick_same_length_rotations_are_seen() {
-        // Renames within one timestamp tick that reuse the freed inode leave equal stamps.
-        let dir = temp_dir();
-        let path = dir.join("token");
-        std::fs::write(&path, "token-000").unwrap();
-        let file = WatchedFile::new("subject token", &path);
-        file.current().unwrap();
-        for i in 1..100 {
-            let value = format!("token-{i:03}");
-            // Synced, as a careful writer does; that frees the old inode for reuse at once.
-            let mut tmp = std::fs::File::create(dir.join("token.tmp")).unwrap();
-            std::io::Write::write_all(&mut tmp, value.as_bytes()).unwrap();
-            tmp.sync_all().unwrap();
-            drop(tmp);
-            std::fs::rename(dir.join("token.tmp"), &path).unwrap();
-            assert_eq!(
-                file.current().unwrap().value.expose(),
-                value,
-                "rotation {i}"
-            );
-        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 
