@@ -113,7 +113,7 @@ impl<E: Exchange> Proxy<E> {
             Ok(response) => response,
             Err(error) => {
                 let status = error.status();
-                if status.is_server_error() || status == StatusCode::BAD_GATEWAY {
+                if status.is_server_error() {
                     tracing::warn!(%method, status = status.as_u16(), reason = error.category(), error = %error, "request failed");
                 } else {
                     tracing::debug!(%method, status = status.as_u16(), reason = error.category(), "request refused");
@@ -137,19 +137,17 @@ impl<E: Exchange> Proxy<E> {
         request: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let (mut parts, body) = request.into_parts();
-        self.check(&parts)?;
-        if parts.uri.path() != MCP_PATH {
-            return Err(ProxyError::NotFound);
+        if let Err(e) = self.admit(&parts) {
+            discard(body, &parts.headers);
+            return Err(e);
         }
-        if !matches!(parts.method, Method::POST | Method::GET | Method::DELETE) {
-            return Err(ProxyError::MethodNotAllowed);
-        }
-        if let Some(length) = content_length(&parts.headers)
-            && length > self.max_body_bytes
-        {
-            return Err(ProxyError::BodyTooLarge(self.max_body_bytes));
-        }
-        let token = self.tokens.token(&parts.headers).await?;
+        let token = match self.tokens.token(&parts.headers).await {
+            Ok(token) => token,
+            Err(e) => {
+                discard(body, &parts.headers);
+                return Err(e.into());
+            }
+        };
         let (body, exceeded) = self.read_body(body).await?;
 
         parts.uri = self.upstream_uri(&parts.uri)?;
@@ -245,6 +243,23 @@ impl<E: Exchange> Proxy<E> {
             ResponseBody::upstream(body, StreamGuard::new(self.metrics.clone()))
         };
         Response::from_parts(parts, body)
+    }
+
+    /// Everything decided from the request head alone: guard, route, method, declared size.
+    fn admit(&self, parts: &http::request::Parts) -> Result<(), ProxyError> {
+        self.check(parts)?;
+        if parts.uri.path() != MCP_PATH {
+            return Err(ProxyError::NotFound);
+        }
+        if !matches!(parts.method, Method::POST | Method::GET | Method::DELETE) {
+            return Err(ProxyError::MethodNotAllowed);
+        }
+        if let Some(length) = content_length(&parts.headers)
+            && length > self.max_body_bytes
+        {
+            return Err(ProxyError::BodyTooLarge(self.max_body_bytes));
+        }
+        Ok(())
     }
 
     /// Statements 4 and 5, and the Host rules of RFC 9112 §3.2.
@@ -357,6 +372,33 @@ struct Replay {
     uri: Uri,
     headers: HeaderMap,
     data: Bytes,
+}
+
+/// Most bytes of an unwanted request body read and thrown away after an early answer.
+const DISCARD_LIMIT: u64 = 64 * 1024 * 1024;
+/// Longest time spent doing so.
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads and drops the body of a request answered early (404, 413, 503…), in the background.
+/// Closing the connection on a client still sending would make it miss the answer (its write
+/// fails first), so the rest of the body is swallowed, within bounds, like a lingering close.
+fn discard(body: Incoming, headers: &HeaderMap) {
+    if body.is_end_stream() || content_length(headers).is_some_and(|n| n > DISCARD_LIMIT) {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut seen = 0u64;
+        let drain = async {
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if seen > DISCARD_LIMIT {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
+    });
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
