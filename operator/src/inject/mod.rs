@@ -23,6 +23,7 @@
 //! operations and never moves a field the operator's Rust types do not know about.
 
 pub mod command;
+mod patch;
 pub mod select;
 mod sidecar;
 mod volumes;
@@ -285,14 +286,7 @@ fn sets_env(c: &Container, name: &str) -> bool {
     c.env.iter().flatten().any(|e| e.name == name)
 }
 
-/// The RFC 6902 patch that turns `original` into `injected` (as the admission response
-/// carries it). Both go through the same serializer, so only real changes show.
-pub fn patch(original: &Pod, injected: &Pod) -> Result<json_patch::Patch, serde_json::Error> {
-    Ok(json_patch::diff(
-        &serde_json::to_value(original)?,
-        &serde_json::to_value(injected)?,
-    ))
-}
+pub use self::patch::patch;
 
 #[cfg(test)]
 mod tests;

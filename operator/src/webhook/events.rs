@@ -61,10 +61,37 @@ pub fn regarding(pod: &Pod, namespace: &str) -> Option<ObjectReference> {
     })
 }
 
+/// Remembers recently announced objects, so repeats within [`QUIET`] are dropped.
+#[derive(Default)]
+struct Throttle {
+    recent: Mutex<HashMap<String, Instant>>,
+}
+
+impl Throttle {
+    /// True the first time for `key` within [`QUIET`].
+    fn first_in_a_while(&self, key: String, now: Instant) -> bool {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() >= MAX_REMEMBERED {
+            recent.retain(|_, t| now.duration_since(*t) < QUIET);
+        }
+        match recent.get(&key) {
+            Some(t) if now.duration_since(*t) < QUIET => false,
+            _ => {
+                // Still full of fresh keys: forget them rather than grow without bound.
+                if recent.len() >= MAX_REMEMBERED {
+                    recent.clear();
+                }
+                recent.insert(key, now);
+                true
+            }
+        }
+    }
+}
+
 /// Publishes `events.k8s.io` Events with kube's recorder.
 pub struct RecorderSink {
     recorder: Recorder,
-    recent: Mutex<HashMap<String, Instant>>,
+    throttle: Throttle,
     in_flight: Arc<Semaphore>,
 }
 
@@ -78,23 +105,8 @@ impl RecorderSink {
                     instance: Some(instance),
                 },
             ),
-            recent: Mutex::default(),
+            throttle: Throttle::default(),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-        }
-    }
-
-    /// True the first time for `key` within [`QUIET`].
-    fn first_in_a_while(&self, key: String, now: Instant) -> bool {
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if recent.len() >= MAX_REMEMBERED {
-            recent.retain(|_, t| now.duration_since(*t) < QUIET);
-        }
-        match recent.get(&key) {
-            Some(t) if now.duration_since(*t) < QUIET => false,
-            _ => {
-                recent.insert(key, now);
-                true
-            }
         }
     }
 }
@@ -108,7 +120,7 @@ impl EventSink for RecorderSink {
             regarding.name.as_deref().unwrap_or_default(),
             regarding.uid.as_deref().unwrap_or_default(),
         );
-        if !self.first_in_a_while(key, Instant::now()) {
+        if !self.throttle.first_in_a_while(key, Instant::now()) {
             return;
         }
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
@@ -138,6 +150,20 @@ impl EventSink for RecorderSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeats_are_dropped_for_a_while_and_memory_is_bounded() {
+        let t = Throttle::default();
+        let now = Instant::now();
+        assert!(t.first_in_a_while("rs/a".into(), now));
+        assert!(!t.first_in_a_while("rs/a".into(), now + Duration::from_secs(10)));
+        assert!(t.first_in_a_while("rs/b".into(), now));
+        assert!(t.first_in_a_while("rs/a".into(), now + QUIET));
+        for i in 0..(MAX_REMEMBERED * 2) {
+            t.first_in_a_while(format!("k{i}"), now);
+        }
+        assert!(t.recent.lock().unwrap().len() <= MAX_REMEMBERED);
+    }
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
     #[test]
