@@ -43,12 +43,6 @@ pub struct UpstreamStats {
     pub sse_events: AtomicU64,
 }
 
-impl UpstreamStats {
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-}
-
 /// A running upstream; stops on drop.
 pub struct Upstream {
     addr: SocketAddr,
@@ -123,14 +117,11 @@ impl Upstream {
         self.tls
     }
 
-    /// The MCP URL, `http://127.0.0.1:port/hub/mcp` or `https://localhost:port/hub/mcp` (the
-    /// certificate's name).
+    /// The MCP URL, `http(s)://127.0.0.1:port/hub/mcp` (the test certificate names the address;
+    /// no name lookup per connection).
     pub fn mcp_url(&self) -> String {
-        if self.tls {
-            format!("https://localhost:{}{MCP_PATH}", self.addr.port())
-        } else {
-            format!("http://{}{MCP_PATH}", self.addr)
-        }
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{MCP_PATH}", self.addr)
     }
 
     pub fn stats(&self) -> &UpstreamStats {
