@@ -1,0 +1,677 @@
+//! The admission webhook against a real kube-apiserver (1.20, DESIGN.md §6 tier 4): the real
+//! `civic-operator run` process on loopback, a MutatingWebhookConfiguration pointing at it by
+//! URL, kube-controller-manager for ServiceAccounts and ReplicaSets, a fake Civic Auth so the
+//! controller can mark integrations ready. The operator runs as its ServiceAccount with only the
+//! chart's `rbac.yaml` (never as admin), against the chart's fixed object names: the webhook
+//! configuration `civic-mcp` and the TLS Secret the chart creates empty.
+//!
+//! The 1.20 apiserver has no native sidecars (the operator detects that and injects a regular
+//! container); the native-sidecar fields are asserted in the golden tier (`inject_golden.rs`).
+//! Fails, never skips, when the kube binaries are missing: run `scripts/kube/build.sh`.
+
+use std::future::Future;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use civic_operator::crd::CivicIntegration;
+use civic_testkit::apiserver::KubeApiServer;
+use civic_testkit::auth::FakeCivicAuth;
+use civic_testkit::secrets::{self, CLIENT_ID, CLIENT_SECRET};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
+use kube::{Client, CustomResourceExt, ResourceExt};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use serde_json::{Value, json};
+
+const OPERATOR_NS: &str = "civic-system";
+const SA_NAME: &str = "civic-mcp-operator";
+const TEAM: &str = "team";
+/// Fixed by the chart (`civic-mcp.webhookConfigName`); `rbac.yaml` grants access by this name.
+const WEBHOOK_CONFIG: &str = "civic-mcp";
+/// Fixed by the chart (`civic-mcp.webhookCertSecretName`, self-managed mode).
+const CERT_SECRET: &str = "civic-mcp-webhook-tls";
+const PROFILE: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
+const EVENTUALLY: Duration = Duration::from_secs(60);
+/// Lifetimes short enough to see a serving-certificate renewal and a CA rotation in one test.
+const CA_VALIDITY: &str = "36s";
+const CERT_VALIDITY: &str = "12s";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Polls `check` until it returns `Ok(Some(_))`, at most `limit`.
+async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        let last = match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => "not yet".to_owned(),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() > deadline {
+            bail!("{what}: not true after {limit:?} (last: {last})");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `civic-operator run`, output captured and scanned for secrets; killed on drop.
+struct Operator {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    log_path: PathBuf,
+}
+
+impl Operator {
+    fn start(kubeconfig: &Path) -> anyhow::Result<Self> {
+        let log_path = civic_testkit::fs::test_logs_dir().join("operator-webhook.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_civic-operator"))
+            .env_clear()
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAMESPACE", OPERATOR_NS)
+            .env("POD_NAME", "civic-operator-0")
+            .env("CIVIC_OPERATOR_LOG", "info,civic_operator=debug")
+            .args(["run", "--admin-addr", "127.0.0.1:0"])
+            .args([
+                "--webhook-addr",
+                "127.0.0.1:0",
+                "--webhook-extra-san",
+                "127.0.0.1",
+            ])
+            .args(["--webhook-config-name", WEBHOOK_CONFIG])
+            .args(["--webhook-ca-validity", CA_VALIDITY])
+            .args(["--webhook-cert-validity", CERT_VALIDITY])
+            .args(["--webhook-cert-check-interval", "1s"])
+            .args(["--sidecar-image", "ghcr.io/civic-mcp/civic-sidecar:test"])
+            .args(["--lease-duration", "4s", "--lease-renew-deadline", "3s"])
+            .args(["--lease-retry-period", "500ms", "--resync-interval", "2s"])
+            .args(["--probe-min-interval", "200ms"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawn civic-operator")?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let file = Arc::new(Mutex::new(std::fs::File::create(&log_path)?));
+        for out in [
+            Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("piped")),
+        ] {
+            let (lines, file) = (lines.clone(), file.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let _ = writeln!(file.lock().unwrap(), "{line}");
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        Ok(Self {
+            child,
+            lines,
+            log_path,
+        })
+    }
+
+    async fn webhook_addr(&mut self) -> anyhow::Result<SocketAddr> {
+        let lines = self.lines.clone();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find_map(|l| civic_testkit::process::listening_addr(l, "webhook listening"));
+            if let Some(addr) = found {
+                return Ok(addr);
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("operator exited ({status}):\n{}", self.output());
+            }
+            if Instant::now() > deadline {
+                bail!("no webhook address logged:\n{}", self.output());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(50));
+        let leaks = secrets::find_leaks(&self.output(), &secrets::known_secrets());
+        if !leaks.is_empty() && !std::thread::panicking() {
+            panic!(
+                "secrets in the operator's output ({}): {leaks:?}",
+                self.log_path.display()
+            );
+        }
+    }
+}
+
+/// Applies every object of a multi-document YAML (or JSON values) with server-side apply.
+async fn apply_all(admin: &Client, docs: Vec<Value>) -> anyhow::Result<()> {
+    for value in docs {
+        let obj: DynamicObject = serde_json::from_value(value.clone())?;
+        let tm = obj.types.clone().context("apiVersion/kind")?;
+        let (group, version) = tm
+            .api_version
+            .split_once('/')
+            .unwrap_or(("", tm.api_version.as_str()));
+        let plural = format!("{}s", tm.kind.to_ascii_lowercase());
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(group, version, &tm.kind),
+            &plural,
+        );
+        let api: Api<DynamicObject> = match obj.namespace() {
+            Some(ns) => Api::namespaced_with(admin.clone(), &ns, &ar),
+            None => Api::all_with(admin.clone(), &ar),
+        };
+        api.patch(
+            &obj.name_any(),
+            &PatchParams::apply("civic-test").force(),
+            &Patch::Apply(&value),
+        )
+        .await
+        .with_context(|| format!("applying {} {}", tm.kind, obj.name_any()))?;
+    }
+    Ok(())
+}
+
+/// The chart's RBAC, rendered for the operator namespace.
+fn chart_rbac() -> anyhow::Result<Vec<Value>> {
+    let template =
+        std::fs::read_to_string(repo_root().join("charts/civic-mcp/templates/rbac.yaml"))?;
+    let rendered = template.replace("{{ .Release.Namespace }}", OPERATOR_NS);
+    ensure!(
+        !rendered.contains("{{"),
+        "rbac.yaml must only template the release namespace"
+    );
+    let mut docs = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&rendered) {
+        let value = serde_json::to_value(
+            <serde_yaml_ng::Value as serde::Deserialize>::deserialize(doc)?,
+        )?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+fn integration(name: &str, app: &str, secret: &str, token_url: &str) -> Value {
+    json!({
+        "apiVersion": "mcp.civic.com/v1alpha1", "kind": "CivicIntegration",
+        "metadata": {"name": name, "namespace": TEAM},
+        "spec": {
+            "clientId": CLIENT_ID,
+            "clientSecretRef": {"name": secret, "key": "client-secret"},
+            "tokenUrl": token_url,
+            "bindings": [{
+                "name": "support",
+                "podSelector": {"matchLabels": {"app": app}},
+                "profileId": PROFILE,
+                "subject": {"serviceAccountToken": {"audience": "civic", "expirationSeconds": 3600}},
+            }],
+        },
+    })
+}
+
+fn pod(name: &str, app: &str, opted_in: bool, annotations: Value) -> Value {
+    let mut labels = json!({"app": app});
+    if opted_in {
+        labels["mcp.civic.com/inject"] = json!("enabled");
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": TEAM, "labels": labels, "annotations": annotations},
+        "spec": {"containers": [{"name": "app", "image": "example.com/app:1"}]},
+    })
+}
+
+/// Creates a pod by a raw POST; returns the status, the `Warning` headers and the body.
+async fn create_pod(admin: &Client, body: &Value) -> anyhow::Result<(u16, Vec<String>, Value)> {
+    let request = http::Request::post(format!("/api/v1/namespaces/{TEAM}/pods"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(kube::client::Body::from(serde_json::to_vec(body)?))?;
+    let response = admin.send(request).await?;
+    let status = response.status().as_u16();
+    let warnings = response
+        .headers()
+        .get_all("warning")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_owned))
+        .collect();
+    let bytes = http_body_util::BodyExt::collect(response.into_body())
+        .await?
+        .to_bytes();
+    Ok((status, warnings, serde_json::from_slice(&bytes)?))
+}
+
+/// Creates a pod, retrying while the namespace's ServiceAccount token is not there yet (the
+/// 1.20 ServiceAccount admission plugin refuses pods until then).
+async fn create_pod_eventually(
+    admin: &Client,
+    body: &Value,
+) -> anyhow::Result<(u16, Vec<String>, Value)> {
+    eventually("pod creation", EVENTUALLY, || async {
+        let (status, warnings, out) = create_pod(admin, body).await?;
+        let message = out["message"].as_str().unwrap_or_default();
+        let no_token_yet = !message.contains("admission webhook")
+            && (message.contains("service account") || message.contains("serviceaccount"));
+        if status >= 400 && no_token_yet {
+            return Ok(None);
+        }
+        Ok(Some((status, warnings, out)))
+    })
+    .await
+}
+
+fn containers(pod: &Pod) -> Vec<String> {
+    let spec = pod.spec.as_ref().expect("spec");
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+fn ca_bundle(config: &MutatingWebhookConfiguration) -> Vec<String> {
+    let raw = config
+        .webhooks
+        .as_ref()
+        .and_then(|w| w.first())
+        .and_then(|w| {
+            w.client_config
+                .ca_bundle
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        });
+    civic_operator::certs::issue::split(&raw.unwrap_or_default())
+}
+
+/// Whether a TLS client trusting only `ca_pem` accepts the webhook's certificate for 127.0.0.1.
+async fn webhook_trusted_by(addr: SocketAddr, ca_pem: &str) -> anyhow::Result<bool> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes())?)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = ServerName::IpAddress(addr.ip().into());
+    Ok(
+        tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+            .await
+            .context("handshake timed out")?
+            .is_ok(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sa_user = KubeApiServer::service_account_user(OPERATOR_NS, SA_NAME);
+    let cluster = KubeApiServer::builder()
+        .service_account(OPERATOR_NS, SA_NAME)
+        .with_controller_manager()
+        .start()
+        .await
+        .context("starting etcd + kube-apiserver (build them with scripts/kube/build.sh)")?;
+    let admin = cluster.admin_client().await?;
+    for ns in [OPERATOR_NS, TEAM] {
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
+        Api::<Namespace>::all(admin.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
+    }
+    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+    crds.create(&PostParams::default(), &CivicIntegration::crd())
+        .await?;
+    eventually("CRD established", EVENTUALLY, || async {
+        let crd = crds.get("civicintegrations.mcp.civic.com").await?;
+        let ok = crd
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        Ok(ok.then_some(()))
+    })
+    .await?;
+    apply_all(&admin, chart_rbac()?).await?;
+    // The chart creates the TLS Secret empty (templates/state.yaml) so the release owns it; the
+    // operator may only read and update it.
+    let empty: Secret = serde_json::from_value(json!({
+        "metadata": {"name": CERT_SECRET, "namespace": OPERATOR_NS},
+        "type": "Opaque",
+    }))?;
+    Api::<Secret>::namespaced(admin.clone(), OPERATOR_NS)
+        .create(&PostParams::default(), &empty)
+        .await?;
+
+    // A fake Civic Auth lets the controller tell good credentials from bad.
+    let auth = FakeCivicAuth::start().await?;
+    secrets::register_secret(CLIENT_SECRET);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "civic-credentials", "namespace": TEAM},
+        "stringData": {"client-secret": CLIENT_SECRET},
+    }))?;
+    Api::<Secret>::namespaced(admin.clone(), TEAM)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let token_url = auth.token_url();
+    apply_all(
+        &admin,
+        vec![
+            integration("civic", "agent", "civic-credentials", &token_url),
+            // Its Secret does not exist: Ready=False.
+            integration("broken", "broken", "missing-secret", &token_url),
+        ],
+    )
+    .await?;
+
+    let kubeconfig = cluster.write_kubeconfig(&sa_user)?;
+    let mut operator = Operator::start(&kubeconfig)?;
+    let addr = operator.webhook_addr().await?;
+    ensure!(
+        operator.output().contains("sidecar_mode=Legacy"),
+        "a 1.20 apiserver has no native sidecars:\n{}",
+        operator.output()
+    );
+
+    // The chart's configuration, minus the Service: the apiserver calls the loopback URL.
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
+    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": WEBHOOK_CONFIG},
+        "webhooks": [{
+            "name": "inject.mcp.civic.com",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Fail",
+            "timeoutSeconds": 5,
+            "reinvocationPolicy": "IfNeeded",
+            "objectSelector": {"matchLabels": {"mcp.civic.com/inject": "enabled"}},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                       "resources": ["pods"], "scope": "Namespaced"}],
+            "clientConfig": {"url": format!("https://{addr}/inject")},
+        }],
+    }))?;
+    configs.create(&PostParams::default(), &config).await?;
+
+    // caBundle: filled in by the operator.
+    let first_bundle = eventually("caBundle filled in", EVENTUALLY, || async {
+        let bundle = ca_bundle(&configs.get(WEBHOOK_CONFIG).await?);
+        Ok((!bundle.is_empty()).then_some(bundle))
+    })
+    .await?;
+    ensure!(first_bundle.len() == 1, "one CA at first: {first_bundle:?}");
+    let first_ca = first_bundle[0].clone();
+    ensure!(
+        webhook_trusted_by(addr, &first_ca).await?,
+        "the webhook serves a cert of that CA"
+    );
+
+    // The controller has judged both integrations.
+    let cis: Api<CivicIntegration> = Api::namespaced(admin.clone(), TEAM);
+    for (name, want) in [("civic", "True"), ("broken", "False")] {
+        eventually(&format!("{name} Ready={want}"), EVENTUALLY, || async {
+            let ci = cis.get(name).await?;
+            Ok(ci
+                .condition("Ready")
+                .filter(|c| c.status == want)
+                .map(|_| ()))
+        })
+        .await?;
+    }
+
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), TEAM);
+
+    // 1. A labelled pod is stored injected.
+    let (status, warnings, _) =
+        create_pod_eventually(&admin, &pod("agent-1", "agent", true, json!({}))).await?;
+    ensure!(status == 201, "labelled pod: HTTP {status}");
+    ensure!(
+        warnings.is_empty(),
+        "no warnings for a ready integration: {warnings:?}"
+    );
+    let stored = pods.get("agent-1").await?;
+    ensure!(
+        containers(&stored) == ["app", "civic-sidecar"],
+        "{:?}",
+        containers(&stored)
+    );
+    let spec = stored.spec.as_ref().unwrap();
+    let app_env = spec.containers[0].env.clone().unwrap_or_default();
+    ensure!(
+        app_env.iter().any(|e| e.name == "CIVIC_MCP_URL"
+            && e.value.as_deref() == Some("http://127.0.0.1:8931/hub/mcp")),
+        "{app_env:?}"
+    );
+    ensure!(
+        stored
+            .annotations()
+            .get("mcp.civic.com/injected")
+            .map(String::as_str)
+            == Some("civic/support")
+    );
+    let sidecar = &spec.containers[1];
+    ensure!(sidecar.image.as_deref() == Some("ghcr.io/civic-mcp/civic-sidecar:test"));
+    let sc = sidecar
+        .security_context
+        .as_ref()
+        .context("securityContext")?;
+    ensure!(sc.run_as_non_root == Some(true) && sc.read_only_root_filesystem == Some(true));
+    let projected = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| v.projected.as_ref())
+        .context("projected token volume")?;
+    let token = projected.sources.as_ref().unwrap()[0]
+        .service_account_token
+        .as_ref()
+        .context("serviceAccountToken")?;
+    ensure!(token.audience.as_deref() == Some("civic"));
+    ensure!(token.expiration_seconds == Some(3600));
+    for app in &spec.containers[..1] {
+        ensure!(
+            app.volume_mounts
+                .iter()
+                .flatten()
+                .all(|m| !m.name.starts_with("civic-"))
+        );
+    }
+
+    // 2. An unlabelled pod is untouched.
+    let (status, _, _) =
+        create_pod_eventually(&admin, &pod("agent-plain", "agent", false, json!({}))).await?;
+    ensure!(status == 201);
+    let plain = pods.get("agent-plain").await?;
+    ensure!(containers(&plain) == ["app"], "{:?}", containers(&plain));
+    ensure!(!plain.annotations().contains_key("mcp.civic.com/injected"));
+
+    // 3. No binding selects it: admitted unchanged, with a warning.
+    let (status, warnings, _) =
+        create_pod_eventually(&admin, &pod("nobody-1", "nobody", true, json!({}))).await?;
+    ensure!(status == 201);
+    ensure!(
+        warnings
+            .iter()
+            .any(|w| w.contains("no CivicIntegration binding")),
+        "warning header: {warnings:?}"
+    );
+    ensure!(containers(&pods.get("nobody-1").await?) == ["app"]);
+
+    // ... and, for a Deployment's pods, an Event on their ReplicaSet.
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "nobody", "namespace": TEAM},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "nobody-deploy"}},
+            "template": {
+                "metadata": {"labels": {"app": "nobody-deploy", "mcp.civic.com/inject": "enabled"}},
+                "spec": {"containers": [{"name": "app", "image": "example.com/app:1"}]},
+            },
+        },
+    }))?;
+    Api::<Deployment>::namespaced(admin.clone(), TEAM)
+        .create(&PostParams::default(), &deployment)
+        .await?;
+    let events: Api<Event> = Api::namespaced(admin.clone(), TEAM);
+    let event = eventually(
+        "NotInjected Event on the ReplicaSet",
+        EVENTUALLY,
+        || async {
+            let list = events.list(&ListParams::default()).await?;
+            Ok(list.items.into_iter().find(|e| {
+                e.reason.as_deref() == Some("NotInjected")
+                    && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("ReplicaSet")
+            }))
+        },
+    )
+    .await?;
+    ensure!(event.type_.as_deref() == Some("Warning"));
+    let rs_pods = pods
+        .list(&ListParams::default().labels("app=nobody-deploy"))
+        .await?;
+    ensure!(!rs_pods.items.is_empty(), "the ReplicaSet created its pods");
+    for p in &rs_pods.items {
+        ensure!(containers(p) == ["app"], "{:?}", containers(p));
+    }
+    let not_injected = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some("NotInjected")
+                && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("ReplicaSet")
+        })
+        .count();
+    ensure!(
+        not_injected == 1,
+        "one Event for the ReplicaSet's pods, got {not_injected}"
+    );
+
+    // 4. A pod that asks for a binding of a not-ready integration is denied, with the fix.
+    let (status, _, body) = create_pod_eventually(
+        &admin,
+        &pod(
+            "agent-denied",
+            "agent",
+            true,
+            json!({"mcp.civic.com/binding": "broken/support"}),
+        ),
+    )
+    .await?;
+    let message = body["message"].as_str().unwrap_or_default();
+    ensure!(status >= 400, "denied: HTTP {status} {body}");
+    ensure!(
+        message.contains("denied the request")
+            && message.contains("CivicIntegration \"broken\" is not ready")
+            && message.contains("SecretNotFound"),
+        "{message}"
+    );
+    ensure!(pods.get_opt("agent-denied").await?.is_none());
+
+    // Ambiguity is denied too, naming both candidates.
+    apply_all(
+        &admin,
+        vec![integration(
+            "second",
+            "agent",
+            "civic-credentials",
+            &token_url,
+        )],
+    )
+    .await?;
+    let message = eventually("ambiguous pods denied", EVENTUALLY, || async {
+        let (status, _, body) =
+            create_pod(&admin, &pod("agent-ambiguous", "agent", true, json!({}))).await?;
+        let message = body["message"].as_str().unwrap_or_default().to_owned();
+        Ok((status >= 400 && message.contains("several CivicIntegrations")).then_some(message))
+    })
+    .await?;
+    ensure!(
+        message.contains("civic/support, second/support"),
+        "{message}"
+    );
+
+    // 5. Rotation by the running process: the serving certificate is renewed by the same CA,
+    // then the CA is replaced; when the new CA signs, caBundle still holds the old one too.
+    let secrets_api: Api<Secret> = Api::namespaced(admin.clone(), OPERATOR_NS);
+    let key_of = |s: &Secret, key: &str| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .unwrap_or_default()
+    };
+    let now = secrets_api.get(CERT_SECRET).await?;
+    let (tls_before, signer_before) = (key_of(&now, "tls.crt"), key_of(&now, "signer.crt"));
+    eventually("serving certificate renewed", EVENTUALLY, || async {
+        let s = secrets_api.get(CERT_SECRET).await?;
+        Ok((key_of(&s, "tls.crt") != tls_before).then_some(()))
+    })
+    .await?;
+    let new_signer = eventually("CA rotated", EVENTUALLY, || async {
+        let s = secrets_api.get(CERT_SECRET).await?;
+        let signer = key_of(&s, "signer.crt");
+        Ok((signer != signer_before).then_some(signer))
+    })
+    .await?;
+    let bundle = ca_bundle(&configs.get(WEBHOOK_CONFIG).await?);
+    let holds = |pem: &str| bundle.iter().any(|c| c.trim() == pem.trim());
+    ensure!(
+        holds(&new_signer) && holds(&signer_before),
+        "old and new CA both trusted right after the rotation: {} CAs",
+        bundle.len()
+    );
+    eventually(
+        "the webhook serves a certificate of the new CA",
+        EVENTUALLY,
+        || async { Ok(webhook_trusted_by(addr, &new_signer).await?.then_some(())) },
+    )
+    .await?;
+    ensure!(operator.running(), "reloaded without a restart");
+
+    // The webhook still injects after the rotation.
+    let explicit = json!({"mcp.civic.com/binding": "civic/support"});
+    let (status, _, _) = create_pod(&admin, &pod("agent-2", "explicit", true, explicit)).await?;
+    ensure!(status == 201, "HTTP {status}");
+    ensure!(containers(&pods.get("agent-2").await?) == ["app", "civic-sidecar"]);
+
+    drop(operator);
+    drop(auth);
+    Ok(())
+}
