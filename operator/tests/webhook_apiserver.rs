@@ -1,5 +1,5 @@
 //! The admission webhook against a real kube-apiserver (1.20, DESIGN.md §6 tier 4): the real
-//! `civic-operator run` process on loopback, a MutatingWebhookConfiguration pointing at it by
+//! `civic-operator run` process on loopback (two replicas sharing one TLS Secret), a MutatingWebhookConfiguration pointing at it by
 //! URL, kube-controller-manager for ServiceAccounts and ReplicaSets, a fake Civic Auth so the
 //! controller can mark integrations ready. The operator runs as its ServiceAccount with only the
 //! chart's `rbac.yaml` (never as admin), against the chart's fixed object names: the webhook
@@ -80,13 +80,13 @@ struct Operator {
 }
 
 impl Operator {
-    fn start(kubeconfig: &Path) -> anyhow::Result<Self> {
-        let log_path = civic_testkit::fs::test_logs_dir().join("operator-webhook.log");
+    fn start(kubeconfig: &Path, name: &str) -> anyhow::Result<Self> {
+        let log_path = civic_testkit::fs::test_logs_dir().join(format!("webhook-{name}.log"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_civic-operator"))
             .env_clear()
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAMESPACE", OPERATOR_NS)
-            .env("POD_NAME", "civic-operator-0")
+            .env("POD_NAME", name)
             .env("CIVIC_OPERATOR_LOG", "info,civic_operator=debug")
             .args(["run", "--admin-addr", "127.0.0.1:0"])
             .args([
@@ -401,8 +401,11 @@ async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::
     .await?;
 
     let kubeconfig = cluster.write_kubeconfig(&sa_user)?;
-    let mut operator = Operator::start(&kubeconfig)?;
+    // Two replicas from the start: both race to fill the chart's empty Secret.
+    let mut operator = Operator::start(&kubeconfig, "civic-operator-0")?;
+    let mut replica = Operator::start(&kubeconfig, "civic-operator-1")?;
     let addr = operator.webhook_addr().await?;
+    let replica_addr = replica.webhook_addr().await?;
     ensure!(
         operator.output().contains("sidecar_mode=Legacy"),
         "a 1.20 apiserver has no native sidecars:\n{}",
@@ -436,9 +439,45 @@ async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::
     .await?;
     ensure!(first_bundle.len() == 1, "one CA at first: {first_bundle:?}");
     let first_ca = first_bundle[0].clone();
+    // Replicas agree on one CA: one of them created the material, both serve certificates of
+    // the CA in caBundle.
+    for (a, what) in [(addr, "first"), (replica_addr, "second")] {
+        eventually(
+            &format!("the {what} replica serves a cert of the caBundle CA"),
+            EVENTUALLY,
+            || async { Ok(webhook_trusted_by(a, &first_ca).await?.then_some(())) },
+        )
+        .await?;
+    }
+    let created = [&operator, &replica]
+        .iter()
+        .map(|o| o.output().matches("reason=\"created\"").count())
+        .sum::<usize>();
+    ensure!(created == 1, "the material was created {created} times");
+
+    // Least privilege: the operator's token cannot create Secrets next to its own, nor touch
+    // another webhook configuration.
+    let sa = cluster.client_for(&sa_user).await?;
+    let other: Secret = serde_json::from_value(json!({"metadata": {"name": "other"}}))?;
+    let err = Api::<Secret>::namespaced(sa.clone(), OPERATOR_NS)
+        .create(&PostParams::default(), &other)
+        .await
+        .expect_err("the operator must not create Secrets");
     ensure!(
-        webhook_trusted_by(addr, &first_ca).await?,
-        "the webhook serves a cert of that CA"
+        matches!(&err, kube::Error::Api(s) if s.code == 403),
+        "{err}"
+    );
+    let err = Api::<MutatingWebhookConfiguration>::all(sa)
+        .patch(
+            "someone-else",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"x": "y"}}})),
+        )
+        .await
+        .expect_err("the operator must not patch other webhook configurations");
+    ensure!(
+        matches!(&err, kube::Error::Api(s) if s.code == 403),
+        "{err}"
     );
 
     // The controller has judged both integrations.
@@ -663,7 +702,31 @@ async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::
         || async { Ok(webhook_trusted_by(addr, &new_signer).await?.then_some(())) },
     )
     .await?;
-    ensure!(operator.running(), "reloaded without a restart");
+    eventually(
+        "the second replica serves a certificate of the new CA",
+        EVENTUALLY,
+        || async {
+            Ok(webhook_trusted_by(replica_addr, &new_signer)
+                .await?
+                .then_some(()))
+        },
+    )
+    .await?;
+    ensure!(
+        operator.running() && replica.running(),
+        "reloaded without a restart"
+    );
+
+    // The configuration re-created without a caBundle (a reinstall): filled in again.
+    configs.delete(WEBHOOK_CONFIG, &Default::default()).await?;
+    configs.create(&PostParams::default(), &config).await?;
+    eventually("caBundle filled in again", EVENTUALLY, || async {
+        let bundle = ca_bundle(&configs.get(WEBHOOK_CONFIG).await?);
+        let stored = key_of(&secrets_api.get(CERT_SECRET).await?, "ca.crt");
+        let want = civic_operator::certs::issue::split(&stored);
+        Ok((!bundle.is_empty() && bundle == want).then_some(()))
+    })
+    .await?;
 
     // The webhook still injects after the rotation.
     let explicit = json!({"mcp.civic.com/binding": "civic/support"});
@@ -672,6 +735,7 @@ async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::
     ensure!(containers(&pods.get("agent-2").await?) == ["app", "civic-sidecar"]);
 
     drop(operator);
+    drop(replica);
     drop(auth);
     Ok(())
 }
