@@ -147,6 +147,12 @@ impl Server {
             tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = self.proxy_listener.accept() => match accepted {
+                    // The listener is loopback-only, but a node that routes 127.0.0.0/8 from
+                    // outside (route_localnet=1, CVE-2020-8558) delivers foreign peers to it.
+                    Ok((stream, peer)) if !peer.ip().to_canonical().is_loopback() => {
+                        tracing::warn!(peer = %peer.ip(), "refused a connection from a non-loopback peer");
+                        drop(stream);
+                    }
                     Ok((stream, _)) => {
                         tokio::spawn(serve_proxy(stream, self.proxy.clone(), stop_rx.clone(), open_tx.clone()));
                     }

@@ -823,3 +823,57 @@ async fn cl_plus_te_resolved_as_chunked_and_the_smuggled_request_is_checked() {
     }
     env.finish();
 }
+
+/// A non-loopback address of this host, if it has one (found with a connected UDP socket,
+/// which sends nothing).
+fn non_loopback_local_ip() -> Option<std::net::IpAddr> {
+    ["192.0.2.255:9", "10.255.255.255:9", "8.8.8.8:53"]
+        .iter()
+        .find_map(|dst| {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+            s.connect(dst).ok()?;
+            let ip = s.local_addr().ok()?.ip();
+            (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_loopback_peer_on_the_loopback_listener_is_refused() {
+    // Linux carries a connection from one of the host's own non-loopback addresses to 127.0.0.1
+    // over `lo`: the sidecar sees a foreign peer on its loopback listener, as it would from a
+    // neighbour when the node routes 127.0.0.0/8 from outside (route_localnet=1,
+    // CVE-2020-8558; tests/isolation/run.sh checks that shape across network namespaces).
+    let Some(ip) = non_loopback_local_ip() else {
+        eprintln!("no non-loopback address on this host; tests/isolation/run.sh covers the check");
+        return;
+    };
+    let env = Setup::new("non_loopback_peer_refused")
+        .start()
+        .await
+        .unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(ip, 0)).unwrap();
+    let mut s = socket.connect(env.addr()).await.unwrap();
+    let _ = s
+        .write_all(post("/hub/mcp", &env.addr().to_string()).as_bytes())
+        .await;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection is closed, not left open");
+    assert!(
+        buf.is_empty(),
+        "no HTTP answer to a non-loopback peer: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert_eq!(env.hub.request_count(), 0, "nothing reached the hub");
+    assert!(
+        env.sidecar
+            .wait_for_line("non-loopback peer", Duration::from_secs(2))
+            .await
+            .is_some(),
+        "the refusal is logged"
+    );
+    // Loopback peers are still served.
+    assert_eq!(env.call(1).await.unwrap().status, 200);
+    env.finish();
+}

@@ -136,15 +136,16 @@ base=$(hub_requests)
   || bad "the hub saw no request from the pod"
 
 # --- from the neighbour: the proxy port is unreachable -------------------------------------
-for target in "http://$pod_ip:8931/hub/mcp" "http://[$pod_ip6]:8931/hub/mcp" \
-              "http://127.0.0.1:8931/hub/mcp" "http://[::1]:8931/hub/mcp"; do
+# (`url`, not `target`: that one names the cargo target dir the log is copied to.)
+for url in "http://$pod_ip:8931/hub/mcp" "http://[$pod_ip6]:8931/hub/mcp" \
+           "http://127.0.0.1:8931/hub/mcp" "http://[::1]:8931/hub/mcp"; do
   set +e
   status_of "$other" -X POST -H 'Host: 127.0.0.1:8931' -H 'Content-Type: application/json' \
-    --data "$mcp" "$target" >/dev/null
+    --data "$mcp" "$url" >/dev/null
   rc=$?
   set -e
-  if [ "$rc" = 7 ]; then ok "neighbour → $target: connection refused"
-  else bad "neighbour → $target: curl exit $rc ($(cat "$work/curl.err"))"; fi
+  if [ "$rc" = 7 ]; then ok "neighbour → $url: connection refused"
+  else bad "neighbour → $url: curl exit $rc ($(cat "$work/curl.err"))"; fi
 done
 
 # --- from the neighbour: the admin port serves probes and metrics only --------------------
