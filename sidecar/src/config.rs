@@ -819,6 +819,21 @@ mod tests {
         Config::parse(all, &env.vars)
     }
 
+    #[test]
+    fn debug_redacts_the_client_secret() {
+        let env = env();
+        let config = parse(&env, &[]).unwrap();
+        let text = format!("{config:?} {config:#?}");
+        assert!(text.contains("client-1"), "the client ID is shown: {text}");
+        // The config holds the secret file's path, never its contents (read per exchange), and
+        // URLs with credentials in them are refused at parse time.
+        assert!(
+            text.contains(&env.secret),
+            "the secret's path is shown: {text}"
+        );
+        assert!(!text.contains("s3cret"), "the secret is not: {text}");
+    }
+
     fn with(mut env: Env, var: &str, value: &str) -> Env {
         env.vars.insert(var.to_string(), value.to_string());
         env

@@ -397,3 +397,84 @@ impl<E: Exchange> Exchanging<E> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::{ExchangeError, ExchangedToken, Lifetime};
+
+    const SUBJECT: &str = "subject-token-a1b2c3d4e5f6";
+    const ACCESS: &str = "access-token-9f8e7d6c5b4a";
+
+    struct Fixed;
+
+    impl Exchange for Fixed {
+        fn exchange(
+            &self,
+            _: &ClientCredentials,
+            _: &ExchangeRequest,
+        ) -> impl std::future::Future<Output = Result<ExchangedToken, ExchangeError>> + Send
+        {
+            std::future::ready(Ok(ExchangedToken {
+                access_token: Secret::new(ACCESS),
+                issued_token_type: None,
+                expires_in: Some(3600),
+                received_at: Instant::now(),
+                lifetime: Lifetime {
+                    refresh_after: Duration::from_secs(1200),
+                    expires_after: Duration::from_secs(3570),
+                },
+            }))
+        }
+    }
+
+    fn dir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "civic-sidecar-token-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn source(vars: &[(&str, String)]) -> TokenSource<Fixed> {
+        let env: std::collections::HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let config = Config::parse(["civic-sidecar"], &env).unwrap();
+        TokenSource::new(&config, Arc::new(Fixed), Arc::new(Metrics::new()))
+    }
+
+    fn assert_redacted(text: &str) {
+        for secret in [SUBJECT, ACCESS, "client-s3cret"] {
+            assert!(!text.contains(secret), "Debug shows a secret: {text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn debug_of_tokens_and_sources_redacts_every_secret() {
+        use crate::contract as c;
+        let d = dir();
+        std::fs::write(d.join("subject"), SUBJECT).unwrap();
+        std::fs::write(d.join("secret"), "client-s3cret").unwrap();
+        std::fs::write(d.join("access"), ACCESS).unwrap();
+        let path = |n: &str| d.join(n).display().to_string();
+
+        let exchanging = source(&[
+            (c::ENV_CLIENT_ID, "client-1".into()),
+            (c::ENV_CLIENT_SECRET_FILE, path("secret")),
+            (c::ENV_SUBJECT_TOKEN_FILE, path("subject")),
+        ]);
+        let token = exchanging.token(&HeaderMap::new()).await.unwrap();
+        assert_eq!(token.bearer.to_str().unwrap(), format!("Bearer {ACCESS}"));
+        assert_redacted(&format!("{token:?} {token:#?} {exchanging:?}"));
+
+        let fixed = source(&[(c::ENV_ACCESS_TOKEN_FILE, path("access"))]);
+        let token = fixed.token(&HeaderMap::new()).await.unwrap();
+        assert_eq!(token.bearer.to_str().unwrap(), format!("Bearer {ACCESS}"));
+        assert_redacted(&format!("{token:?} {token:#?} {fixed:?}"));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
