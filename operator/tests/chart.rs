@@ -3,7 +3,8 @@
 //! environment of the chart's own Deployment and authenticated as the chart's ServiceAccount
 //! (so only the chart's RBAC applies), reconciling a CivicIntegration to `Ready=True` against a
 //! fake Civic Auth; then `helm upgrade` (which must upgrade the CRD and leave the operator's
-//! runtime writes alone) and `helm uninstall` (which must leave nothing but the kept CRD).
+//! runtime writes alone, among them the webhook's `caBundle` and TLS Secret) and `helm uninstall`
+//! (which must leave nothing but the kept CRD).
 //! Pods never run here (no kubelet): the operator is a local process. Fails, never skips, when
 //! helm or the kube binaries are missing (`scripts/install-helm.sh`, `scripts/kube/build.sh`).
 
@@ -20,6 +21,7 @@ use civic_operator::crd::CivicIntegration;
 use civic_testkit::apiserver::{ADMIN_USER, KubeApiServer};
 use civic_testkit::auth::FakeCivicAuth;
 use civic_testkit::secrets::{self, CLIENT_ID, CLIENT_SECRET, PROFILE_ID};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -41,6 +43,11 @@ const REAL_DESCRIPTION: &str = "Whether the integration is usable";
 const OLD_DESCRIPTION: &str = "Previous chart release";
 const EVENTUALLY: Duration = Duration::from_secs(60);
 const OPERATOR_NAME: &str = "chart-operator-0";
+/// Fixed by the chart, like the Secret below.
+const WEBHOOK_CONFIG: &str = "civic-mcp";
+const WEBHOOK_TLS_SECRET: &str = "civic-mcp-webhook-tls";
+/// What the apiserver calls: the chart's webhook Service in the release namespace.
+const WEBHOOK_DNS_NAME: &str = "civic-mcp-webhook.civic-system.svc";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -220,6 +227,20 @@ impl Operator {
         })
     }
 
+    /// The webhook's address, from its "webhook listening" log line.
+    async fn webhook_addr(&self) -> anyhow::Result<std::net::SocketAddr> {
+        eventually("the webhook listening", EVENTUALLY, || async {
+            ensure!(self.running(), "the operator exited:\n{}", self.output());
+            Ok(self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find_map(|l| civic_testkit::process::listening_addr(l, "webhook listening")))
+        })
+        .await
+    }
+
     fn running(&self) -> bool {
         matches!(self.child.lock().unwrap().try_wait(), Ok(None))
     }
@@ -270,6 +291,56 @@ async fn wait_ready(admin: &Client, operator: &Operator) -> anyhow::Result<()> {
     .await;
     result.with_context(|| format!("operator output:\n{}", operator.output()))?;
     Ok(())
+}
+
+/// The chart's webhook configuration's `caBundle` once the operator has filled it in with the
+/// Secret's `ca.crt`; `None` until then.
+async fn filled_ca_bundle(admin: &Client) -> anyhow::Result<Option<String>> {
+    let config = Api::<MutatingWebhookConfiguration>::all(admin.clone())
+        .get(WEBHOOK_CONFIG)
+        .await?;
+    let bundle = config
+        .webhooks
+        .iter()
+        .flatten()
+        .map(|w| w.client_config.ca_bundle.as_ref().map(|b| b.0.clone()))
+        .collect::<Option<Vec<_>>>();
+    let secret = Api::<Secret>::namespaced(admin.clone(), NS)
+        .get(WEBHOOK_TLS_SECRET)
+        .await?;
+    let stored = secret
+        .data
+        .and_then(|d| d.get("ca.crt").map(|b| b.0.clone()));
+    Ok(match (bundle, stored) {
+        (Some(all), Some(ca)) if !all.is_empty() && all.iter().all(|b| *b == ca) => {
+            Some(String::from_utf8(ca)?)
+        }
+        _ => None,
+    })
+}
+
+/// Whether a TLS client that trusts only `ca_pem` and asks for the webhook Service's DNS name
+/// (as the apiserver does) accepts the certificate served at `addr`.
+async fn webhook_trusted_by(addr: std::net::SocketAddr, ca_pem: &str) -> anyhow::Result<bool> {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::try_from(WEBHOOK_DNS_NAME)?;
+    Ok(
+        tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+            .await
+            .context("handshake timed out")?
+            .is_ok(),
+    )
 }
 
 async fn crd_description(admin: &Client) -> anyhow::Result<Option<String>> {
@@ -429,6 +500,19 @@ async fn helm_install_operator_under_chart_rbac_upgrade_and_uninstall() -> anyho
         || async { Ok(lease_holder(&admin).await?.filter(|h| h == OPERATOR_NAME)) },
     )
     .await?;
+    // Self-managed webhook TLS under the chart's RBAC: the chart's empty Secret is filled, the
+    // chart's webhook configuration gets its caBundle, and the webhook serves a certificate
+    // for the chart's Service name signed by that CA.
+    let ca_bundle = eventually("the chart's caBundle filled in", EVENTUALLY, || async {
+        filled_ca_bundle(&admin).await
+    })
+    .await
+    .with_context(|| format!("operator output:\n{}", operator.output()))?;
+    let webhook = operator.webhook_addr().await?;
+    ensure!(
+        webhook_trusted_by(webhook, &ca_bundle).await?,
+        "the webhook's certificate is not valid for {WEBHOOK_DNS_NAME} under the caBundle"
+    );
 
     // 3. Upgrade to the real chart: the CRD is upgraded, the operator's Lease survives.
     helm.run(&[
@@ -457,6 +541,10 @@ async fn helm_install_operator_under_chart_rbac_upgrade_and_uninstall() -> anyho
         "helm upgrade reset the operator's Lease"
     );
     ensure!(integrations.get("chart").await.is_ok());
+    ensure!(
+        filled_ca_bundle(&admin).await?.as_deref() == Some(ca_bundle.as_str()),
+        "helm upgrade dropped the caBundle or the TLS Secret the operator wrote"
+    );
     wait_ready(&admin, &operator).await?;
 
     // 4. Uninstall while the operator runs (as in a cluster, where its pods stop afterwards).
