@@ -198,18 +198,41 @@ impl LeaseLock {
     }
 }
 
+/// How long this replica may act as the leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Term {
+    NotLeading,
+    /// Until the renew deadline counted from the last renewal that succeeded.
+    Until(Instant),
+    Always,
+}
+
 /// Whether this replica currently leads; reconcile checks it before every write.
+///
+/// Leadership is bounded by time, not only by the campaign loop's verdict: a replica frozen
+/// (SIGSTOP, a paused VM, a long GC-like stall) wakes with its timers and its reconciles due at
+/// once, and a reconcile may reach its write before the loop has noticed the lost lease. The
+/// gate closes by itself at the renew deadline, before any other replica can take over.
 #[derive(Clone, Debug)]
-pub struct LeaderGate(watch::Receiver<bool>);
+pub struct LeaderGate(watch::Receiver<Term>);
 
 impl LeaderGate {
     pub fn is_leading(&self) -> bool {
-        *self.0.borrow()
+        match *self.0.borrow() {
+            Term::NotLeading => false,
+            Term::Until(deadline) => Instant::now() < deadline,
+            Term::Always => true,
+        }
     }
     /// A gate fixed at `leading` (tests, single-replica tools).
     pub fn fixed(leading: bool) -> Self {
         // A receiver keeps the last value after its sender is gone.
-        let (_tx, rx) = watch::channel(leading);
+        let term = if leading {
+            Term::Always
+        } else {
+            Term::NotLeading
+        };
+        let (_tx, rx) = watch::channel(term);
         Self(rx)
     }
 }
@@ -242,7 +265,7 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let s = lock.settings.clone();
-    let (tx, rx) = watch::channel(false);
+    let (tx, rx) = watch::channel(Term::NotLeading);
     let gate = LeaderGate(rx);
     tokio::pin!(shutdown);
     loop {
@@ -271,7 +294,7 @@ where
         }
 
         tracing::info!(identity = %s.identity, lease = %s.name, "became leader");
-        tx.send_replace(true);
+        tx.send_replace(Term::Until(term_start + s.renew_deadline));
         metrics.leader.set(1);
         let mut work = tokio::spawn(lead(gate.clone()));
         // Measured from when the last successful request was *sent*: others can only have
@@ -286,7 +309,10 @@ where
             let sent = Instant::now();
             let left = s.renew_deadline.saturating_sub(sent - renewed_at);
             match timeout(left, lock.try_acquire_or_renew()).await {
-                Ok(Ok(true)) => renewed_at = sent,
+                Ok(Ok(true)) => {
+                    renewed_at = sent;
+                    tx.send_replace(Term::Until(sent + s.renew_deadline));
+                }
                 Ok(Ok(false)) => {
                     tracing::warn!("lease taken by another replica");
                     break None;
@@ -306,7 +332,7 @@ where
         };
         work.abort();
         let _ = (&mut work).await;
-        tx.send_replace(false);
+        tx.send_replace(Term::NotLeading);
         metrics.leader.set(0);
         tracing::info!(identity = %s.identity, "stopped leading");
         if let Some(ended) = ended {
@@ -444,6 +470,48 @@ mod tests {
         });
         assert!(!lock.try_acquire_or_renew().await.unwrap());
         server.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gate_closes_at_the_renew_deadline_even_when_the_campaign_is_stuck() {
+        let (client, mut mock) = ApiMock::new();
+        let lock = LeaseLock::new(client, settings("me"));
+        let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
+        let mut gate_tx = Some(gate_tx);
+        let campaign = tokio::spawn(run(
+            lock,
+            Metrics::new(),
+            |_| {},
+            std::future::pending(),
+            move |gate| {
+                if let Some(tx) = gate_tx.take() {
+                    let _ = tx.send(gate);
+                }
+                std::future::pending::<()>()
+            },
+        ));
+        mock.expect(Method::GET, PATH, status_response(404)).await;
+        mock.expect(
+            Method::POST,
+            "/apis/coordination.k8s.io/v1/namespaces/civic-system/leases",
+            json_response(201, lease(Some("me"), "2026-01-01T00:00:00.000000Z", "1")),
+        )
+        .await;
+        let gate = gate_rx.await.unwrap();
+        assert!(gate.is_leading());
+        // The campaign loop never runs again (as in a process frozen and thawed: its timers and
+        // the reconciles are due at the same moment). Only time can close the gate now.
+        campaign.abort();
+        let _ = campaign.await;
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(gate.is_leading(), "within the 10 s renew deadline");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(
+            !gate.is_leading(),
+            "past the renew deadline a replica must not act as the leader"
+        );
+        assert!(LeaderGate::fixed(true).is_leading());
+        assert!(!LeaderGate::fixed(false).is_leading());
     }
 
     #[tokio::test]

@@ -1,9 +1,10 @@
 //! Checks the CRD schema cannot express (the 1.20 apiserver has no CEL). A spec that fails them is
 //! reported as `Ready=False, reason=InvalidSpec` and waits for the next change.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::Selector;
 use url::{Host, Url};
@@ -107,6 +108,9 @@ pub fn validate(spec: &CivicIntegrationSpec) -> Result<(), InvalidSpec> {
         && (image.trim().is_empty() || image.chars().any(char::is_whitespace))
     {
         p.push("spec.sidecar.image", "must be a non-empty image reference");
+    }
+    if let Some(r) = spec.sidecar.as_ref().and_then(|s| s.resources.as_ref()) {
+        sidecar_resources(&mut p, r);
     }
 
     if p.0.is_empty() {
@@ -218,6 +222,84 @@ fn secret_ref(p: &mut Problems, path: &str, r: &SecretKeyRef) {
             "must be a valid Secret key (a-z, A-Z, 0-9, '-', '_', '.')",
         );
     }
+}
+
+/// The schema takes any string or number for a quantity (`x-kubernetes-int-or-string`); a bad
+/// one would only surface when the apiserver refuses every injected pod.
+fn sidecar_resources(p: &mut Problems, r: &ResourceRequirements) {
+    let mut values = [BTreeMap::new(), BTreeMap::new()];
+    for (i, (kind, map)) in [("limits", &r.limits), ("requests", &r.requests)]
+        .into_iter()
+        .enumerate()
+    {
+        for (name, q) in map.iter().flatten() {
+            let path = format!("spec.sidecar.resources.{kind}.{name}");
+            match quantity_value(&q.0) {
+                None => p.push(
+                    path,
+                    format!("{:?} is not a quantity (e.g. 100m, 64Mi, 1.5)", q.0),
+                ),
+                Some(v) if v < 0.0 => p.push(path, "must not be negative"),
+                Some(v) => {
+                    values[i].insert(name.as_str(), v);
+                }
+            }
+        }
+    }
+    let [limits, requests] = values;
+    for (name, request) in &requests {
+        if limits.get(name).is_some_and(|limit| request > limit) {
+            p.push(
+                format!("spec.sidecar.resources.requests.{name}"),
+                "must not exceed the limit",
+            );
+        }
+    }
+}
+
+/// The value of a Kubernetes quantity (`<sign><number><suffix>`: binary `Ki`…`Ei`, decimal
+/// `m`, `k`…`E`, or an exponent `e<int>`), or `None` if it is not one.
+fn quantity_value(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let (sign, rest) = match s.as_bytes().first()? {
+        b'+' => (1.0, &s[1..]),
+        b'-' => (-1.0, &s[1..]),
+        _ => (1.0, s),
+    };
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    let (number, suffix) = rest.split_at(end);
+    if number.is_empty() || number == "." || number.matches('.').count() > 1 {
+        return None;
+    }
+    let n: f64 = number.parse().ok()?;
+    let binary = |e: i32| 1024f64.powi(e);
+    let scale = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => binary(1),
+        "Mi" => binary(2),
+        "Gi" => binary(3),
+        "Ti" => binary(4),
+        "Pi" => binary(5),
+        "Ei" => binary(6),
+        _ => {
+            let exp = suffix.strip_prefix(['e', 'E'])?;
+            let digits = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            10f64.powi(exp.parse().ok()?)
+        }
+    };
+    Some(sign * n * scale)
 }
 
 /// HTTPS anywhere; plain HTTP only to a loopback host (tests and local fakes).
@@ -523,6 +605,66 @@ mod tests {
             resources: None,
         });
         assert_eq!(paths(&s), ["spec.sidecar.image"]);
+    }
+
+    #[test]
+    fn sidecar_resources_must_be_quantities_within_limits() {
+        use k8s_openapi::api::core::v1::ResourceRequirements;
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        let with = |limits: &[(&str, &str)], requests: &[(&str, &str)]| {
+            let map = |kv: &[(&str, &str)]| {
+                Some(
+                    kv.iter()
+                        .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+                        .collect(),
+                )
+            };
+            let mut s = spec();
+            s.sidecar = Some(SidecarOverrides {
+                image: None,
+                resources: Some(ResourceRequirements {
+                    limits: map(limits),
+                    requests: map(requests),
+                    ..Default::default()
+                }),
+            });
+            paths(&s)
+        };
+        let none: Vec<String> = vec![];
+        assert_eq!(
+            with(
+                &[("cpu", "500m"), ("memory", "128Mi")],
+                &[("cpu", "0.1"), ("memory", "64Mi")]
+            ),
+            none
+        );
+        assert_eq!(with(&[("cpu", "1e3"), ("memory", "1G")], &[]), none);
+        assert_eq!(
+            with(&[("cpu", "2"), ("memory", "1E")], &[("cpu", ".5")]),
+            none
+        );
+        assert_eq!(
+            with(&[("cpu", "lots")], &[]),
+            ["spec.sidecar.resources.limits.cpu"]
+        );
+        for bad in ["", "1.2.3", "12x", "Mi", "1e", "1e+", "--1", "1 Mi", "."] {
+            assert_eq!(
+                with(&[], &[("memory", bad)]),
+                ["spec.sidecar.resources.requests.memory"],
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            with(&[], &[("memory", "-64Mi")]),
+            ["spec.sidecar.resources.requests.memory"]
+        );
+        assert_eq!(
+            with(&[("memory", "64Mi")], &[("memory", "68M")]),
+            ["spec.sidecar.resources.requests.memory"],
+            "68 MB is more than 64 MiB"
+        );
+        assert_eq!(with(&[("memory", "64Mi")], &[("memory", "67M")]), none);
+        assert_eq!(with(&[("memory", "64Mi")], &[("memory", "67108864")]), none);
     }
 
     #[test]
