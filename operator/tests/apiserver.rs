@@ -181,6 +181,12 @@ impl Operator {
 
 impl Drop for Operator {
     fn drop(&mut self) {
+        // Its final /metrics joins the log dir for the suite-wide secret scan.
+        let metrics = civic_testkit::capture::capture_metrics(
+            self.admin,
+            &format!("operator-{}-metrics.txt", self.name),
+            &format!("operator {}", self.name),
+        );
         let _ = self.child.kill();
         let _ = self.child.wait();
         // Give the reader threads a moment to drain the pipes.
@@ -192,6 +198,11 @@ impl Drop for Operator {
                 self.name,
                 self.log_path.display()
             );
+        }
+        if let Err(e) = metrics
+            && !std::thread::panicking()
+        {
+            panic!("{e:#}");
         }
     }
 }
@@ -727,6 +738,7 @@ async fn integration_lifecycle_under_the_chart_rbac() -> anyhow::Result<()> {
     assert_eq!(code(&err), Some(403), "{err}");
 
     assert!(!op.output().contains(CLIENT_SECRET));
+    env.cluster.capture("operator-lifecycle").await?;
     Ok(())
 }
 
@@ -822,5 +834,6 @@ async fn two_operators_elect_one_leader_and_fail_over() -> anyhow::Result<()> {
         started.elapsed()
     );
     drop(c);
+    env.cluster.capture("operator-failover").await?;
     Ok(())
 }

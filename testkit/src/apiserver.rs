@@ -421,6 +421,24 @@ impl KubeApiServer {
         }
     }
 
+    /// For the suite-wide secret scan: writes every Event, CivicIntegration (spec and status)
+    /// and Pod to `target/civic-test-logs/cluster-<label>.jsonl` and copies the components' logs
+    /// next to it; fails if the cluster state holds a known secret. Call at the end of a test.
+    pub async fn capture(&self, label: &str) -> anyhow::Result<()> {
+        let admin = self.admin_client().await?;
+        crate::capture::dump_cluster_state(&admin, label).await?;
+        for component in ["etcd", "kube-apiserver", "kube-controller-manager"] {
+            let from = self.dir.path().join(format!("{component}.log"));
+            if from.exists() {
+                let to =
+                    crate::fs::test_logs_dir().join(format!("cluster-{label}-{component}.log"));
+                std::fs::copy(&from, &to)
+                    .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The tail of a component's log: `"etcd"`, `"kube-apiserver"`, `"kube-controller-manager"`.
     pub fn log_tail(&self, component: &str) -> String {
         process::log_tail(&self.dir.path().join(format!("{component}.log")))

@@ -4,10 +4,12 @@
 //! - [`hub::FakeHub`]: recording MCP upstream with scriptable JSON/SSE/gzip replies.
 //! - [`process::SidecarProcess`]: the real sidecar binary, with a secret scan of its output.
 //! - [`client`]: exact-header HTTP/1.1 clients, an SSE reader and a raw TCP client.
+//! - [`capture`]: final `/metrics` and cluster state (Events, statuses, Pods) into the log dir.
 //! - [`jwt`], [`secrets`], [`tls`], [`fs`]: tokens, recognisable secrets, a test CA, temp dirs.
 
 pub mod apiserver;
 pub mod auth;
+pub mod capture;
 pub mod client;
 pub mod fs;
 pub mod hub;

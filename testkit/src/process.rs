@@ -409,6 +409,19 @@ impl SidecarProcess {
             return;
         }
         self.scanned = true;
+        // The final /metrics goes to the log dir too, for the suite-wide secret scan.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let file = self
+                .log_path
+                .file_stem()
+                .map(|s| format!("{}-metrics.txt", s.to_string_lossy()))
+                .unwrap_or_else(|| "sidecar-metrics.txt".to_owned());
+            if let Err(e) = crate::capture::capture_metrics(self.admin, &file, &self.name) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("statement 20: sidecar `{}`: {e:#}", self.name);
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         for r in self.readers.drain(..) {
