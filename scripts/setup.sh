@@ -8,7 +8,7 @@ t0=$SECONDS
 step() { printf '\n== setup: %s (%ss)\n' "$*" "$((SECONDS - t0))"; }
 
 need_apt=()
-for pair in etcd:etcd-server unzip:unzip shellcheck:shellcheck ip:iproute2; do
+for pair in etcd:etcd-server unzip:unzip shellcheck:shellcheck ip:iproute2 curl:curl openssl:openssl; do
   command -v "${pair%%:*}" >/dev/null || need_apt+=("${pair#*:}")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -21,6 +21,11 @@ fi
 step "rust components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+# cargo-fuzz for scripts/fuzz.sh (stable toolchain, `-s none`); pinned so CI is reproducible.
+fuzz_version=0.13.2
+if ! cargo fuzz --version 2>/dev/null | grep -qF "$fuzz_version"; then
+  cargo install --locked cargo-fuzz --version "$fuzz_version"
+fi
 
 step "official MCP SDK peers (python mcp, node @modelcontextprotocol/sdk)"
 bash tests/peers/install.sh

@@ -21,15 +21,26 @@ step "cargo nextest (unit, loopback, SDK peers, kube-apiserver tier)"
 rm -rf target/civic-test-logs
 cargo nextest run --workspace --locked --profile ci --no-tests=fail
 
+step "pod isolation with network namespaces (DESIGN.md §6 tier 6; ~5 s)"
+scan_families="sidecar metrics operator cluster"
+if [ "$(id -u)" -eq 0 ]; then
+  bash tests/isolation/run.sh
+  scan_families="$scan_families isolation"
+else
+  echo "test: not root, so the isolation tier cannot run here (CI runs it as root)"
+fi
+
 step "chart checks (helm lint/template, kubernetes-validate, golden, schema, shellcheck)"
 bash tests/chart/check.sh
 
-if [ -x tests/scan_logs.sh ] || [ -f tests/scan_logs.sh ]; then
-  step "secret scan over every captured log line"
-  bash tests/scan_logs.sh target/civic-test-logs
-fi
+# Bounded: the sancov build of fuzz/ (cached in fuzz/target) plus CIVIC_FUZZ_SECS per target.
+step "fuzz smoke (cargo fuzz, ${CIVIC_FUZZ_SECS:-20} s per target from the checked-in corpus)"
+bash scripts/fuzz.sh "${CIVIC_FUZZ_SECS:-20}"
 
-for s in scripts/*.sh scripts/kube/*.sh tests/*.sh tests/peers/*.sh; do
+step "secret scan over every captured log line, metric, Event, status and Pod"
+CIVIC_SCAN_REQUIRE="$scan_families" bash tests/scan_logs.sh target/civic-test-logs
+
+for s in scripts/*.sh scripts/kube/*.sh tests/*.sh tests/peers/*.sh tests/isolation/*.sh; do
   [ -f "$s" ] && bash -n "$s"
 done
 step "all passed"

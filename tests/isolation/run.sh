@@ -132,8 +132,7 @@ code=$(status_of "$pod" -X POST -H 'Content-Type: application/json' \
 if [ "$code" = 200 ]; then ok "pod loopback: POST /hub/mcp → 200 (proxied with the exchanged token)"
 else bad "pod loopback: POST /hub/mcp → $code $(cat "$work/body" 2>/dev/null)"; fi
 base=$(hub_requests)
-[ -n "$base" ] && [ "$base" -ge 1 ] && ok "the hub saw $base request(s) from the pod" \
-  || bad "the hub saw no request from the pod"
+if [ -n "$base" ] && [ "$base" -ge 1 ]; then ok "the hub saw $base request(s) from the pod"; else bad "the hub saw no request from the pod"; fi
 
 # --- from the neighbour: the proxy port is unreachable -------------------------------------
 # (`url`, not `target`: that one names the cargo target dir the log is copied to.)
@@ -155,15 +154,13 @@ for path in /livez /readyz /metrics; do
 done
 status_of "$other" "http://$pod_ip:8932/metrics" >/dev/null || true
 cp "$work/body" "$work/metrics"
-grep -q '^civic_sidecar_requests_total' "$work/metrics" && ok "metrics are the sidecar's" \
-  || bad "metrics lack civic_sidecar_requests_total"
+if grep -q '^civic_sidecar_requests_total' "$work/metrics"; then ok "metrics are the sidecar's"; else bad "metrics lack civic_sidecar_requests_total"; fi
 leaks=0
 for needle in "$secret" "$subject" "${subject#*.}" \
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImNpdmljLXRlc3RraXQifQ" "Bearer"; do
   if grep -qF -- "$needle" "$work/metrics"; then leaks=$((leaks + 1)); fi
 done
-[ "$leaks" = 0 ] && ok "metrics show no client secret, subject token or access token" \
-  || bad "metrics contain $leaks secret pattern(s)"
+if [ "$leaks" = 0 ]; then ok "metrics show no client secret, subject token or access token"; else bad "metrics contain $leaks secret pattern(s)"; fi
 
 refused_admin() {
   local what=$1; shift
@@ -188,8 +185,7 @@ refused_admin "CONNECT tunnel" -p -x "http://$pod_ip:8932" "http://127.0.0.1:893
 refused_admin "with Host: 127.0.0.1:8931" -X POST -H 'Host: 127.0.0.1:8931' --data "$mcp" \
   "http://$pod_ip:8932/hub/mcp"
 after=$(hub_requests)
-[ "$after" = "$base" ] && ok "the hub saw no request from the neighbour ($after in total)" \
-  || bad "the hub saw $((after - base)) request(s) during the neighbour's attempts"
+if [ "$after" = "$base" ]; then ok "the hub saw no request from the neighbour ($after in total)"; else bad "the hub saw $((after - base)) request(s) during the neighbour's attempts"; fi
 
 # --- route_localnet: the neighbour reaches the pod's 127.0.0.1 at the IP level ------------
 # What kube-proxy's route_localnet=1 did (CVE-2020-8558): packets for 127.0.0.1 arriving from the
@@ -210,20 +206,19 @@ if in_other bash -c 'exec 3<>/dev/tcp/127.0.0.1/8932 && printf "GET /livez HTTP/
     -H 'Accept: application/json, text/event-stream' --data "$mcp" http://127.0.0.1:8931/hub/mcp >/dev/null
   rc=$?
   set -e
-  code=$(cat "$work/body" 2>/dev/null | head -c 100)
+  code=$(head -c 100 "$work/body" 2>/dev/null || true)
   case "$rc" in
     7|52|56) ok "route_localnet: the proxy refuses a non-loopback peer (curl exit $rc)" ;;
     *) bad "route_localnet: the proxy answered a neighbour (curl exit $rc): $code" ;;
   esac
   last=$(hub_requests)
-  [ "$last" = "$after" ] && ok "the hub saw nothing from the route_localnet attempt" \
-    || bad "the hub saw $((last - after)) request(s) from the route_localnet attempt"
+  if [ "$last" = "$after" ]; then ok "the hub saw nothing from the route_localnet attempt"; else bad "the hub saw $((last - after)) request(s) from the route_localnet attempt"; fi
 else
   bad "route_localnet: could not reach the pod's loopback; the check proved nothing"
 fi
 
 # --- the sidecar stayed up and logged no secret --------------------------------------------
-in_pod curl -fsS -o /dev/null http://127.0.0.1:8932/livez && ok "sidecar still live" || bad "sidecar died"
+if in_pod curl -fsS -o /dev/null http://127.0.0.1:8932/livez; then ok "sidecar still live"; else bad "sidecar died"; fi
 if grep -qF -e "$secret" -e "${subject#*.}" \
     -e "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImNpdmljLXRlc3RraXQifQ" "$work/sidecar.log"; then
   bad "the sidecar log contains a secret or token"
