@@ -18,7 +18,8 @@ use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use rand::Rng;
@@ -488,32 +489,100 @@ fn integrations_in_namespace(
         .collect()
 }
 
+/// First retry delay of a watch after an error.
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// Longest retry delay of a watch.
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Retry delays of the controller's watches after an error: doubling from 500 ms to 5 s with up
+/// to 20% jitter, reset by any event.
+///
+/// kube-runtime's default (client-go's 800 ms … 30 s) sat on the controller's merged trigger
+/// stream, so every error of any watch paused them all: after an apiserver restart the outage's
+/// connection errors, the 403s while its RBAC cache warms up and the 410s of the expired watches
+/// added up, and the pod and Secret triggers (and the pod cache, filled as its stream is polled)
+/// stayed paused for 30 s or more after the apiserver was back. Now each watch backs off on its
+/// own ([`objects_only`]); three watches of one leader retrying every 5 s burden no apiserver.
+#[derive(Clone, Debug)]
+pub struct WatchBackoff {
+    next: Duration,
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self {
+            next: WATCH_BACKOFF_MIN,
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.next;
+        self.next = (d * 2).min(WATCH_BACKOFF_MAX);
+        Some(d.mul_f64(rand::rng().random_range(1.0..1.2)))
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = WATCH_BACKOFF_MIN;
+    }
+}
+
+/// Passes a watch's objects on and only logs its errors: each watch retries by itself after its
+/// own [`WatchBackoff`]. Errors reaching the controller's merged trigger stream would pause every
+/// watch at once (its backoff is shared), one pause per error of any watch.
+fn objects_only<T>(
+    watch: &'static str,
+    stream: impl futures_util::Stream<Item = Result<T, watcher::Error>>,
+) -> impl futures_util::Stream<Item = Result<T, watcher::Error>> {
+    stream.filter_map(move |item| {
+        futures_util::future::ready(match item {
+            Ok(obj) => Some(Ok(obj)),
+            Err(e) => {
+                tracing::debug!(watch, error = %e, "watch error; retrying");
+                None
+            }
+        })
+    })
+}
+
 /// Runs the controller until the returned future is dropped (on losing the lease or shutdown).
 pub async fn run(shared: Shared, leader: LeaderGate) {
     let client = shared.client.clone();
-    let controller = Controller::new(
+    let (store, writer) = reflector::store();
+    let integrations = watcher(
         Api::<CivicIntegration>::all(client.clone()),
         watcher::Config::default().any_semantic(),
     )
+    .backoff(WatchBackoff::default())
+    .reflect(writer)
+    .applied_objects();
+    let controller = Controller::for_stream(
+        objects_only("civicintegrations", integrations),
+        store.clone(),
+    )
     .with_config(ControllerConfig::default().concurrency(CONCURRENCY));
-    let store = controller.store();
     let (pod_store, pod_changes) = pods::watch(Api::all(client.clone()));
     // Metadata only: the controller never caches Secret contents.
     let secret_changes = watcher(
         Api::<PartialObjectMeta<Secret>>::all(client.clone()),
         watcher::Config::default().any_semantic(),
     )
-    .default_backoff()
+    .backoff(WatchBackoff::default())
     .touched_objects();
     let ctx = Arc::new(Context::new(shared, pod_store, leader));
 
     let secret_store = store.clone();
     let pod_store_refs = store;
     controller
-        .watches_stream(secret_changes, move |s| {
+        .watches_stream(objects_only("secrets", secret_changes), move |s| {
             integrations_using(&secret_store, &s)
         })
-        .watches_stream(pod_changes, move |p| {
+        .watches_stream(objects_only("pods", pod_changes), move |p| {
             integrations_in_namespace(&pod_store_refs, &p)
         })
         .run(reconcile, error_policy, ctx)

@@ -105,7 +105,7 @@ pub fn watch(
     let (store, writer) = reflector::store();
     let mut seen: HashMap<String, u64> = HashMap::new();
     let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(crate::controller::WatchBackoff::default())
         .modify(trim)
         .reflect(writer)
         .filter_map(move |event| {

@@ -510,3 +510,23 @@ fn backoff_doubles_and_caps() {
         );
     }
 }
+
+#[test]
+fn watch_backoff_doubles_to_its_cap_and_resets() {
+    use kube::runtime::utils::Backoff as _;
+    let mut b = WatchBackoff::default();
+    let delays: Vec<Duration> = b.by_ref().take(8).collect();
+    // Jitter adds at most 20%.
+    let within = |d: Duration, base_ms: u64| {
+        let base = Duration::from_millis(base_ms);
+        d >= base && d <= base.mul_f64(1.2)
+    };
+    for (d, base) in delays
+        .iter()
+        .zip([500, 1000, 2000, 4000, 5000, 5000, 5000, 5000])
+    {
+        assert!(within(*d, base), "{d:?} for a base of {base} ms");
+    }
+    b.reset();
+    assert!(within(b.next().unwrap(), 500), "reset starts over");
+}
