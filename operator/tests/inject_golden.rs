@@ -325,3 +325,109 @@ fn reports_name_what_happened() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Runs the real `civic-operator inject` with `stdin` piped in; returns exit code, stdout, stderr.
+fn inject_command(args: &[&str], stdin: &str) -> anyhow::Result<(i32, String, String)> {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_civic-operator"))
+        .arg("inject")
+        .args(["--sidecar-image", IMAGE])
+        .args(args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .env_clear()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("spawn civic-operator inject")?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(stdin.as_bytes())?;
+    let out = child.wait_with_output()?;
+    Ok((
+        out.status.code().context("killed by a signal")?,
+        String::from_utf8(out.stdout)?,
+        String::from_utf8(out.stderr)?,
+    ))
+}
+
+/// The documented example (`docs/examples/`) through the real command: injected exactly as
+/// the library (and so the webhook) injects it, valid for 1.33, unchanged when piped through
+/// again; refusals and unreadable input give the documented exit codes.
+#[test]
+fn the_inject_command_prints_the_docs_example_injected() -> anyhow::Result<()> {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples");
+    let deployment = "docs/examples/support-agent.yaml";
+    let integration = "docs/examples/civic-integration.yaml";
+    let (code, stdout, stderr) =
+        inject_command(&["-f", deployment, "--integration", integration], "")?;
+    ensure!(code == 0, "exit {code}: {stderr}");
+    ensure!(
+        stderr.trim()
+            == "civic-operator inject: Deployment/support-agent: injected with binding civic/support",
+        "{stderr}"
+    );
+    let (_, docs, _) = render(
+        &std::fs::read_to_string(examples.join("support-agent.yaml"))?,
+        &std::fs::read_to_string(examples.join("civic-integration.yaml"))?,
+        SidecarMode::Native,
+    )?;
+    ensure!(
+        stdout == workload::write_documents(&docs)?,
+        "the command and the library disagree:\n{stdout}"
+    );
+
+    let dir = civic_testkit::fs::TempDir::new("inject-command");
+    let out_file = dir.path().join("support-agent.injected.yaml");
+    std::fs::write(&out_file, &stdout)?;
+    let validated = Command::new(kubernetes_validate()?)
+        .args(["--strict", "--kubernetes-version", VALIDATE_VERSION])
+        .arg(&out_file)
+        .output()?;
+    let report = String::from_utf8_lossy(&validated.stdout);
+    ensure!(
+        validated.status.success() && report.contains(" passed for resource "),
+        "kubernetes-validate: {report}{}",
+        String::from_utf8_lossy(&validated.stderr)
+    );
+
+    // Piped through again (`-f -`): nothing changes.
+    let (code, again, stderr) =
+        inject_command(&["-f", "-", "--integration", integration], &stdout)?;
+    ensure!(code == 0, "exit {code}: {stderr}");
+    ensure!(
+        again == stdout,
+        "a second pass changed the output:\n{again}"
+    );
+    ensure!(
+        stderr.contains("Deployment/support-agent: already injected"),
+        "{stderr}"
+    );
+
+    // A pod that cannot be injected: printed unchanged, status 1, the reason on stderr.
+    let host = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: node-agent\n  namespace: agents\n  \
+                labels: {app: support-agent, mcp.civic.com/inject: enabled}\nspec:\n  \
+                hostNetwork: true\n  containers: [{name: agent, image: example.com/a:1}]\n";
+    let (code, _, stderr) = inject_command(&["-f", "-", "--integration", integration], host)?;
+    ensure!(
+        code == 1 && stderr.contains("hostNetwork"),
+        "exit {code}: {stderr}"
+    );
+    // Unreadable input: status 2.
+    let (code, _, stderr) = inject_command(
+        &[
+            "-f",
+            "docs/examples/missing.yaml",
+            "--integration",
+            integration,
+        ],
+        "",
+    )?;
+    ensure!(
+        code == 2 && stderr.contains("missing.yaml"),
+        "exit {code}: {stderr}"
+    );
+    Ok(())
+}

@@ -151,6 +151,24 @@ impl Operator {
         }
     }
 
+    /// One sample of the operator's `/metrics` (admin listener), e.g.
+    /// `civic_operator_admissions_total{outcome="injected"}`; 0 when absent.
+    async fn metric(&self, sample: &str) -> anyhow::Result<f64> {
+        let admin = self
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| civic_testkit::process::listening_addr(l, "admin endpoints listening"))
+            .context("no admin address logged")?;
+        let r = civic_testkit::client::get(admin, "/metrics").await?;
+        ensure!(r.status == 200, "/metrics answered {}", r.status);
+        Ok(r.text()
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0))
+    }
+
     fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
@@ -733,6 +751,26 @@ async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::
     let (status, _, _) = create_pod(&admin, &pod("agent-2", "explicit", true, explicit)).await?;
     ensure!(status == 201, "HTTP {status}");
     ensure!(containers(&pods.get("agent-2").await?) == ["app", "civic-sidecar"]);
+
+    // Metrics of the replica the apiserver called: outcomes and the latency histogram.
+    let outcome = |o: &str| format!("civic_operator_admissions_total{{outcome=\"{o}\"}}");
+    let mut answered = 0.0;
+    for (o, at_least) in [("injected", 2.0), ("no_match", 3.0), ("denied", 2.0)] {
+        let n = operator.metric(&outcome(o)).await?;
+        ensure!(
+            n >= at_least,
+            "{o}: {n} admissions counted, want ≥ {at_least}"
+        );
+        answered += n;
+    }
+    let timed = operator
+        .metric("civic_operator_admission_duration_seconds_count")
+        .await?;
+    ensure!(timed >= answered, "{timed} timed of {answered} answered");
+    ensure!(
+        replica.metric(&outcome("injected")).await? == 0.0,
+        "the apiserver only calls the first replica"
+    );
 
     drop(operator);
     drop(replica);
