@@ -532,6 +532,25 @@ impl Backoff for WatchBackoff {
     }
 }
 
+/// Drops a watch's 410 Gone before its backoff sees it: the watcher is already relisting, and an
+/// expired resource version is the apiserver's normal request to do so (after a restart, or a
+/// compaction), not a failure to wait out.
+pub fn relist_at_once<S, T>(
+    watch: &'static str,
+    stream: S,
+) -> impl futures_util::Stream<Item = Result<T, watcher::Error>>
+where
+    S: futures_util::Stream<Item = Result<T, watcher::Error>>,
+{
+    stream.filter(move |item| {
+        let expired = matches!(item, Err(watcher::Error::WatchError(s)) if s.code == 410);
+        if expired {
+            tracing::debug!(watch, "watch expired (410 Gone): relisting");
+        }
+        futures_util::future::ready(!expired)
+    })
+}
+
 /// Passes a watch's objects on and only logs its errors: each watch retries by itself after its
 /// own [`WatchBackoff`]. Errors reaching the controller's merged trigger stream would pause every
 /// watch at once (its backoff is shared), one pause per error of any watch.
@@ -554,9 +573,12 @@ fn objects_only<T>(
 pub async fn run(shared: Shared, leader: LeaderGate) {
     let client = shared.client.clone();
     let (store, writer) = reflector::store();
-    let integrations = watcher(
-        Api::<CivicIntegration>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
+    let integrations = relist_at_once(
+        "civicintegrations",
+        watcher(
+            Api::<CivicIntegration>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+        ),
     )
     .backoff(WatchBackoff::default())
     .reflect(writer)
@@ -568,9 +590,12 @@ pub async fn run(shared: Shared, leader: LeaderGate) {
     .with_config(ControllerConfig::default().concurrency(CONCURRENCY));
     let (pod_store, pod_changes) = pods::watch(Api::all(client.clone()));
     // Metadata only: the controller never caches Secret contents.
-    let secret_changes = watcher(
-        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
+    let secret_changes = relist_at_once(
+        "secrets",
+        watcher(
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+        ),
     )
     .backoff(WatchBackoff::default())
     .touched_objects();

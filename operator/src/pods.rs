@@ -104,26 +104,27 @@ pub fn watch(
 ) {
     let (store, writer) = reflector::store();
     let mut seen: HashMap<String, u64> = HashMap::new();
-    let stream = watcher(api, watcher::Config::default())
-        .backoff(crate::controller::WatchBackoff::default())
-        .modify(trim)
-        .reflect(writer)
-        .filter_map(move |event| {
-            let out = match event {
-                Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
-                    let key = pod.uid().unwrap_or_else(|| pod.name_any());
-                    let fp = fingerprint(&pod);
-                    (seen.insert(key, fp) != Some(fp)).then_some(Ok(pod))
-                }
-                Ok(watcher::Event::Delete(pod)) => {
-                    seen.remove(&pod.uid().unwrap_or_else(|| pod.name_any()));
-                    Some(Ok(pod))
-                }
-                Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
-                Err(e) => Some(Err(e)),
-            };
-            future::ready(out)
-        });
+    let stream =
+        crate::controller::relist_at_once("pods", watcher(api, watcher::Config::default()))
+            .backoff(crate::controller::WatchBackoff::default())
+            .modify(trim)
+            .reflect(writer)
+            .filter_map(move |event| {
+                let out = match event {
+                    Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                        let key = pod.uid().unwrap_or_else(|| pod.name_any());
+                        let fp = fingerprint(&pod);
+                        (seen.insert(key, fp) != Some(fp)).then_some(Ok(pod))
+                    }
+                    Ok(watcher::Event::Delete(pod)) => {
+                        seen.remove(&pod.uid().unwrap_or_else(|| pod.name_any()));
+                        Some(Ok(pod))
+                    }
+                    Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+                    Err(e) => Some(Err(e)),
+                };
+                future::ready(out)
+            });
     (store, stream)
 }
 

@@ -530,3 +530,27 @@ fn watch_backoff_doubles_to_its_cap_and_resets() {
     b.reset();
     assert!(within(b.next().unwrap(), 500), "reset starts over");
 }
+
+#[tokio::test]
+async fn an_expired_watch_is_relisted_without_a_backoff_pause() {
+    let status = |code: u16| {
+        let mut s = kube::core::Status::failure("expired", "Expired");
+        s.code = code;
+        watcher::Error::WatchError(Box::new(s))
+    };
+    let items = futures_util::stream::iter(vec![Ok(1), Err(status(410)), Err(status(500)), Ok(2)]);
+    let out: Vec<String> = relist_at_once("test", items)
+        .map(|r| match r {
+            Ok(n) => n.to_string(),
+            Err(e) => e.to_string(),
+        })
+        .collect()
+        .await;
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert_eq!(out[0], "1");
+    assert!(
+        out[1].contains("expired"),
+        "other errors still back off: {out:?}"
+    );
+    assert_eq!(out[2], "2");
+}
