@@ -232,6 +232,24 @@ pub async fn detect_mode(client: &Client) -> Result<SidecarMode, WebhookError> {
         .ok_or(WebhookError::UnknownVersion(info.git_version))
 }
 
+/// [`detect_mode`], waiting for an unreachable apiserver instead of failing: exiting would put a
+/// `failurePolicy: Fail` webhook into CrashLoopBackOff, down for up to 5 min after the apiserver
+/// is back.
+async fn detect_mode_retrying(client: &Client) -> Result<SidecarMode, WebhookError> {
+    let mut delay = std::time::Duration::from_millis(500);
+    loop {
+        match detect_mode(client).await {
+            Err(WebhookError::Version(e)) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64,
+                    "reading the apiserver version failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The running webhook.
 pub struct Webhook {
     pub addr: SocketAddr,
@@ -268,7 +286,7 @@ pub async fn start(
     let mode = match args.sidecar_mode {
         ModeArg::Native => SidecarMode::Native,
         ModeArg::Legacy => SidecarMode::Legacy,
-        ModeArg::Auto => detect_mode(&client).await?,
+        ModeArg::Auto => detect_mode_retrying(&client).await?,
     };
     let metrics = WebhookMetrics::register(registry)?;
     let serving = certs::reload::ServingCert::new();
