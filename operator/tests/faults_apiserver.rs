@@ -843,7 +843,7 @@ fn chart_webhook_config(addr: SocketAddr) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_certificates_rotate_under_traffic_and_a_dead_webhook_fails_closed()
 -> anyhow::Result<()> {
-    let env = setup().await?;
+    let mut env = setup().await?;
     let admin = &env.admin;
     let token_url = env.auth.token_url();
     put_secret(admin, CLIENT_SECRET).await?;
@@ -1050,6 +1050,36 @@ async fn webhook_certificates_rotate_under_traffic_and_a_dead_webhook_fails_clos
     ensure!(
         civic_operator::certs::issue::not_after(&renewed)? > SystemTime::now(),
         "by a valid one"
+    );
+
+    // --- Started while the apiserver is unreachable (as after a node reboot): it waits for the
+    // apiserver instead of exiting into CrashLoopBackOff, then serves.
+    drop(op);
+    env.cluster.stop_apiserver().await?;
+    let mut op = Operator::start(&env, "webhook-3", &flags).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ensure!(
+        op.running(),
+        "the operator exited while the apiserver was down:\n{}",
+        op.output()
+    );
+    env.cluster.start_apiserver().await?;
+    let back = Instant::now();
+    let admin = env.cluster.admin_client().await?;
+    eventually(
+        "admission after the apiserver is back",
+        EVENTUALLY,
+        || async {
+            let name = format!("after-outage-{}", back.elapsed().as_millis());
+            let (status, body) =
+                create_pod(&admin, TEAM, &simple_pod(&name, "support-agent", true)).await?;
+            Ok((status == 201 && is_injected(&body)).then_some(()))
+        },
+    )
+    .await?;
+    eprintln!(
+        "started during an apiserver outage; admitting {:?} after the apiserver was back",
+        back.elapsed()
     );
     drop(op);
     Ok(())
