@@ -1,6 +1,8 @@
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, Pod, PodSpec, Volume};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, Pod, PodSpec, Volume, VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde_json::json;
 
@@ -480,6 +482,45 @@ fn integration_overrides_image_and_resources() {
         sidecar_of(&out).image.as_deref(),
         Some(DEFAULT_SIDECAR_IMAGE)
     );
+}
+
+#[test]
+fn names_mounted_ahead_of_time_are_not_given_to_injected_volumes() {
+    // A workload container mounting `civic-client-secret` with no such volume (the pod would be
+    // invalid) must not end up mounting the injected client secret.
+    let ci = integration("civic", vec![binding("support", "agent")]);
+    let mut p = pod("agent");
+    let spec = p.spec.as_mut().unwrap();
+    spec.containers[0].volume_mounts = Some(vec![VolumeMount {
+        name: "civic-client-secret".into(),
+        mount_path: "/etc/app/civic".into(),
+        ..VolumeMount::default()
+    }]);
+    let out = inject(&p, &ci, &ci.spec.bindings[0], &InjectDefaults::default()).unwrap();
+    let secret_volume = out
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.secret.is_some())
+        .expect("the client secret volume")
+        .name
+        .clone();
+    assert_eq!(secret_volume, "civic-client-secret-1");
+    for c in &out.spec.as_ref().unwrap().containers {
+        if c.name != SIDECAR_CONTAINER {
+            assert!(
+                c.volume_mounts
+                    .iter()
+                    .flatten()
+                    .all(|m| m.name != secret_volume),
+                "{} mounts the client secret",
+                c.name
+            );
+        }
+    }
 }
 
 #[test]

@@ -134,9 +134,29 @@ fn mount(name: String, path: &str) -> VolumeMount {
     }
 }
 
-/// Appends a volume under `base`, or `base-1`, `base-2`, … when the name is taken.
+/// Appends a volume under `base`, or `base-1`, `base-2`, … when the name is taken: by a volume,
+/// or by any container's mount or device, even a dangling one (else a workload container that
+/// mounts `civic-client-secret` ahead of time would get the injected secret; found by fuzzing).
 fn add_volume(spec: &mut PodSpec, base: &str, make: impl FnOnce(String) -> Volume) -> String {
-    let taken = |n: &str| spec.volumes.iter().flatten().any(|v| v.name == n);
+    let mut used: std::collections::BTreeSet<String> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.clone())
+        .collect();
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    for c in containers {
+        used.extend(c.volume_mounts.iter().flatten().map(|m| m.name.clone()));
+        used.extend(c.volume_devices.iter().flatten().map(|d| d.name.clone()));
+    }
+    for c in spec.ephemeral_containers.iter().flatten() {
+        used.extend(c.volume_mounts.iter().flatten().map(|m| m.name.clone()));
+        used.extend(c.volume_devices.iter().flatten().map(|d| d.name.clone()));
+    }
+    let taken = |n: &str| used.contains(n);
     let name = if taken(base) {
         (1..)
             .map(|i| format!("{base}-{i}"))
