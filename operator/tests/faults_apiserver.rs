@@ -764,6 +764,42 @@ async fn killed_and_frozen_leaders_are_replaced_and_write_nothing_stale() -> any
         stale.is_empty(),
         "frozen-a announced a stale verdict: {stale:?}"
     );
+
+    // --- The Lease taken away (an admin, or a replica with a bad clock, writes another holder):
+    // the leader steps down at its next renewal; the intruder never renews, so a replica takes
+    // the lease back once it has looked unchanged for a lease duration.
+    let leases = Api::<Lease>::namespaced(admin.clone(), OPERATOR_NS);
+    let mut lease = leases.get(LEASE).await?;
+    let spec = lease.spec.as_mut().context("lease spec")?;
+    spec.holder_identity = Some("intruder".into());
+    spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    leases
+        .replace(LEASE, &PostParams::default(), &lease)
+        .await?;
+    let taken = Instant::now();
+    eventually("frozen-b steps down", EVENTUALLY, || async {
+        Ok((b.metric(LEADER).await? == 0.0).then_some(()))
+    })
+    .await?;
+    let stepped_down = taken.elapsed();
+    let back = eventually("a replica takes the lease back", EVENTUALLY, || async {
+        Ok(lease_holder(admin).await?.filter(|h| h != "intruder"))
+    })
+    .await?;
+    let retaken = taken.elapsed();
+    eprintln!(
+        "lease taken: leader stepped down after {stepped_down:?}; {back} took it back after {retaken:?}"
+    );
+    ensure!(
+        stepped_down < Duration::from_secs(3),
+        "the leader noticed at its next renewal: {stepped_down:?}"
+    );
+    ensure!(
+        retaken >= Duration::from_millis(3500),
+        "nobody takes a freshly renewed lease before it expires: {retaken:?}"
+    );
     Ok(())
 }
 
