@@ -512,6 +512,8 @@ fn parse_error_body(body: &[u8], redact: &[&str]) -> (Option<String>, Option<Str
                 && c.len() <= 64
                 && c.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+                // A server echoing the secret or subject as the code must not show it.
+                && !redact.iter().any(|v| v.len() >= 4 && c.contains(v))
         })
         .map(str::to_string);
     let description = object
@@ -840,6 +842,15 @@ mod tests {
         let err = parse_response(400, None, body.to_string().as_bytes(), &[]).unwrap_err();
         assert_eq!(err.category(), "rejected");
         assert!(!err.to_string().contains("script"));
+        // An echoed secret or subject in the error code itself (found by fuzzing).
+        for code in ["s3cret-value.1", "invalid_grant-s3cret-value.1"] {
+            let body = json!({"error": code});
+            let err = parse_response(401, None, body.to_string().as_bytes(), &["s3cret-value.1"])
+                .unwrap_err();
+            let text = err.to_string();
+            assert!(!text.contains("s3cret-value.1"), "{text}");
+            assert!(text.contains("http_401"), "the status stands in: {text}");
+        }
     }
 
     fn l(refresh_ms: u64, expires_ms: u64) -> Lifetime {
