@@ -65,7 +65,10 @@ fn world() -> &'static World {
     WORLD.get_or_init(|| {
         let mut integrations = Vec::new();
         for (i, text) in GOLDEN.iter().enumerate() {
-            let mut one: CivicIntegration = serde_yaml_ng::from_str(text).expect("golden");
+            // Through JSON: serde_yaml_ng reads an externally tagged enum (`subject`) only
+            // from a YAML tag, while the apiserver (and these files) use a one-key map.
+            let value: Value = serde_yaml_ng::from_str(text).expect("golden YAML");
+            let mut one: CivicIntegration = serde_json::from_value(value).expect("golden");
             // Distinct names, all in the golden namespace.
             one.metadata.name = Some(format!("civic-{i}"));
             integrations.push(one);
@@ -152,8 +155,14 @@ fuzz_target!(|data: &[u8]| {
         400 => {}
         200 => {
             let answer: Value = serde_json::from_slice(&reply.body).expect("JSON answer");
-            let request: Value = serde_json::from_slice(data).expect("a 200 needs a parsed request");
             let response = &answer["response"];
+            assert!(response["allowed"].is_boolean());
+            // The handler skips unknown fields without checking their escapes (a lone
+            // surrogate `\ud800` is fine there), so a request it took may not parse as a
+            // `Value`; then there is nothing to compare the answer with.
+            let Ok(request) = serde_json::from_slice::<Value>(data) else {
+                return;
+            };
             assert_eq!(response["uid"], request["request"]["uid"], "uid echoed");
             assert!(response["allowed"].is_boolean());
             if response["allowed"] == true {
