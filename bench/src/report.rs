@@ -278,7 +278,10 @@ impl Report {
             Some(w) => Goal {
                 goal: "webhook handler p99, typical pod",
                 target: "≤ 1 ms",
-                measured: format!("p50 {:.0} µs, p99 {:.0} µs", w.p50_us, w.p99_us),
+                measured: format!(
+                    "p50 {:.0} µs, p99 {:.0} µs wall clock (CPU time p99 {:.0} µs)",
+                    w.p50_us, w.p99_us, w.cpu_p99_us
+                ),
                 status: Status::from(w.p99_us <= 1000.0),
             },
             None => missing("webhook handler p99, typical pod", "≤ 1 ms"),
@@ -520,6 +523,10 @@ impl Report {
                     "{:.0} / {:.0} / {:.0} / {:.0} ({} reviews)",
                     w.p50_us, w.p90_us, w.p99_us, w.max_us, w.iterations
                 ),
+            ]);
+            rows.push([
+                "webhook handler CPU time per call (preemption left out): p50 / p99, µs".into(),
+                format!("{:.0} / {:.0}", w.cpu_p50_us, w.cpu_p99_us),
             ]);
         }
         rows.push([
