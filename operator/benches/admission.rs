@@ -159,7 +159,11 @@ fn breakdown(body: &[u8], integrations: &[Arc<CivicIntegration>]) {
     use kube::core::admission::AdmissionReview;
     const N: usize = 2_000;
     let review: AdmissionReview<Pod> = serde_json::from_slice(body).expect("review");
-    let pod = review.request.as_ref().and_then(|r| r.object.clone()).expect("pod");
+    let pod = review
+        .request
+        .as_ref()
+        .and_then(|r| r.object.clone())
+        .expect("pod");
     let defaults = InjectDefaults::default();
     let choose = || {
         let s = select::select(
@@ -174,8 +178,8 @@ fn breakdown(body: &[u8], integrations: &[Arc<CivicIntegration>]) {
         s
     };
     let selected = choose();
-    let injected = inject::inject(&pod, selected.integration, selected.binding, &defaults)
-        .expect("injected");
+    let injected =
+        inject::inject(&pod, selected.integration, selected.binding, &defaults).expect("injected");
     let patch = inject::patch(&pod, &injected).expect("patch");
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let parse = median_of(N, || {
@@ -185,7 +189,9 @@ fn breakdown(body: &[u8], integrations: &[Arc<CivicIntegration>]) {
         black_box(choose());
     });
     let inject_t = median_of(N, || {
-        black_box(inject::inject(&pod, selected.integration, selected.binding, &defaults).expect("i"));
+        black_box(
+            inject::inject(&pod, selected.integration, selected.binding, &defaults).expect("i"),
+        );
     });
     let diff = median_of(N, || {
         black_box(inject::patch(&pod, &injected).expect("p"));
@@ -232,7 +238,11 @@ fn main() {
     breakdown(&body, &integrations());
     let samples = runtime.block_on(async {
         let first = admission.review(&body, None).await;
-        assert_eq!(first.outcome, Outcome::Injected, "the typical pod is injected");
+        assert_eq!(
+            first.outcome,
+            Outcome::Injected,
+            "the typical pod is injected"
+        );
         let response_bytes = first.body.len();
         for _ in 0..WARMUP {
             black_box(admission.review(black_box(&body), None).await);
