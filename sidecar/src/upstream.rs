@@ -22,6 +22,11 @@ use crate::metrics::Metrics;
 /// Connect plus TLS handshake plus HTTP handshake must finish within this.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Largest read buffer of a hub connection (hyper's default is ~400 KiB). A large or fast
+/// response body is read in pieces of at most this much, so 50 concurrent 1 MiB responses
+/// hold a few MiB, not tens (docs/performance.md); hub response heads are far smaller.
+pub const READ_BUF_MAX: usize = 64 * 1024;
+
 /// Where and how to connect to the hub.
 #[derive(Clone)]
 pub struct Upstream {
@@ -122,7 +127,8 @@ impl Upstream {
             .await
             .map_err(|e| ProxyError::UpstreamConnect(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
-        let builder = http1::Builder::new();
+        let mut builder = http1::Builder::new();
+        builder.max_buf_size(READ_BUF_MAX);
         match &self.tls {
             None => {
                 let (sender, conn) = builder
