@@ -38,6 +38,16 @@ step "fuzz smoke (cargo fuzz, ${CIVIC_FUZZ_SECS:-20} s per target from the check
 bash scripts/fuzz.sh "${CIVIC_FUZZ_SECS:-20}"
 
 step "secret scan over every captured log line, metric, Event, status and Pod"
+# The scan must be able to fail: the same capture with one planted token, and an empty one.
+planted=$(mktemp -d)
+cp -r target/civic-test-logs "$planted/logs"
+printf 'Authorization: Bearer planted-%s\n' "$(date +%s%N)" >"$planted/logs/planted.log"
+if CIVIC_SCAN_REQUIRE='' bash tests/scan_logs.sh "$planted/logs" >/dev/null 2>&1 \
+    || bash tests/scan_logs.sh "$planted/empty" >/dev/null 2>&1; then
+  echo "test: scan_logs.sh passed a planted token or an empty capture" >&2
+  exit 1
+fi
+rm -rf "$planted"
 CIVIC_SCAN_REQUIRE="$scan_families" bash tests/scan_logs.sh target/civic-test-logs
 
 for s in scripts/*.sh scripts/kube/*.sh tests/*.sh tests/peers/*.sh tests/isolation/*.sh; do
