@@ -1,6 +1,7 @@
 //! Puts what a test produced besides process output into `target/civic-test-logs/`, so the
 //! suite-wide secret scan (`tests/scan_logs.sh`) sees it too: a process's `/metrics` at the end
-//! of a test, and a cluster's Events, CivicIntegration statuses and Pods.
+//! of a test, and a cluster's Events, CivicIntegration statuses and Pods (checking on the way that
+//! no container but the sidecar mounts a client secret).
 //!
 //! Each dump is also checked at once against [`crate::secrets`], so a leak fails the test that
 //! caused it, not only the scan at the end of the suite.
@@ -26,7 +27,8 @@ pub fn http_get_blocking(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
     s.set_write_timeout(Some(timeout)).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .ok()?;
     let mut buf = Vec::new();
     s.take(16 << 20).read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf);
@@ -96,6 +98,19 @@ pub async fn dump_cluster_state(client: &kube::Client, label: &str) -> anyhow::R
     }
     let pods = Api::<Pod>::all(client.clone()).list(&lp).await?;
     lines.extend(pods.items.iter().map(|p| json!({"pod": p})));
+    let pods_json: Vec<Value> = pods
+        .items
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()?;
+    let integrations: Vec<&Value> = lines
+        .iter()
+        .filter_map(|l| l.get("civicIntegration"))
+        .collect();
+    let bad = client_secret_mounted_outside_sidecar(&pods_json, &integrations);
+    if !bad.is_empty() {
+        bail!("the client secret is mounted outside the sidecar: {bad:?}");
+    }
     let text: String = lines
         .iter()
         .map(|v: &Value| format!("{v}\n"))
@@ -105,6 +120,62 @@ pub async fn dump_cluster_state(client: &kube::Client, label: &str) -> anyhow::R
     std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
     check(&text, &format!("the cluster state ({})", path.display()))?;
     Ok(path)
+}
+
+/// The injected sidecar's container name (`civic_operator::inject::SIDECAR_CONTAINER`).
+pub const SIDECAR_CONTAINER: &str = "civic-sidecar";
+
+/// `namespace/pod/container` of every container other than the sidecar that mounts a volume
+/// holding the client secret of a CivicIntegration in the pod's namespace.
+pub fn client_secret_mounted_outside_sidecar(
+    pods: &[Value],
+    integrations: &[&Value],
+) -> Vec<String> {
+    let mut bad = Vec::new();
+    for pod in pods {
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+        let secrets: Vec<&str> = integrations
+            .iter()
+            .filter(|ci| ci["metadata"]["namespace"] == ns)
+            .filter_map(|ci| ci["spec"]["clientSecretRef"]["name"].as_str())
+            .collect();
+        let spec = &pod["spec"];
+        // Volumes carrying one of those Secrets, directly or in a projected volume.
+        let holds_secret = |v: &Value| {
+            let direct = v["secret"]["secretName"].as_str();
+            let projected = v["projected"]["sources"].as_array().into_iter().flatten();
+            direct
+                .into_iter()
+                .chain(projected.filter_map(|s| s["secret"]["name"].as_str()))
+                .any(|name| secrets.contains(&name))
+        };
+        let volumes: Vec<&str> = spec["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| holds_secret(v))
+            .filter_map(|v| v["name"].as_str())
+            .collect();
+        for kind in ["containers", "initContainers", "ephemeralContainers"] {
+            for c in spec[kind].as_array().into_iter().flatten() {
+                if c["name"] == SIDECAR_CONTAINER {
+                    continue;
+                }
+                let mounts = c["volumeMounts"].as_array().into_iter().flatten();
+                if mounts
+                    .filter_map(|m| m["name"].as_str())
+                    .any(|n| volumes.contains(&n))
+                {
+                    bad.push(format!(
+                        "{ns}/{}/{}",
+                        pod["metadata"]["name"].as_str().unwrap_or_default(),
+                        c["name"].as_str().unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+    bad
 }
 
 /// Scrapes `http://<addr>/metrics` and appends it to `target/civic-test-logs/<file>`, failing
@@ -132,9 +203,14 @@ mod tests {
                 "HTTP/1.1 404 Nope\r\n\r\nx",
             ] {
                 let (mut s, _) = listener.accept().unwrap();
-                let mut req = [0u8; 512];
-                let n = s.read(&mut req).unwrap();
-                assert!(String::from_utf8_lossy(&req[..n]).starts_with("GET /metrics HTTP/1.0"));
+                let mut req = Vec::new();
+                let mut buf = [0u8; 512];
+                while !req.ends_with(b"\r\n\r\n") {
+                    let n = s.read(&mut buf).unwrap();
+                    assert!(n > 0, "the request head ends with a blank line");
+                    req.extend_from_slice(&buf[..n]);
+                }
+                assert!(String::from_utf8_lossy(&req).starts_with("GET /metrics HTTP/1.0\r\n"));
                 s.write_all(answer.as_bytes()).unwrap();
             }
         });
@@ -144,6 +220,39 @@ mod tests {
         );
         assert_eq!(http_get_blocking(addr, "/metrics"), None);
         server.join().unwrap();
+    }
+
+    #[test]
+    fn finds_a_client_secret_mounted_outside_the_sidecar() {
+        let ci = json!({"metadata": {"namespace": "team"},
+                        "spec": {"clientSecretRef": {"name": "creds", "key": "k"}}});
+        let pod = |agent_mounts: Value| {
+            json!({"metadata": {"namespace": "team", "name": "p"}, "spec": {
+                "volumes": [
+                    {"name": "civic-client-secret", "secret": {"secretName": "creds"}},
+                    {"name": "other", "projected": {"sources": [{"secret": {"name": "creds"}}]}},
+                    {"name": "cfg", "configMap": {"name": "x"}},
+                ],
+                "containers": [
+                    {"name": "agent", "volumeMounts": agent_mounts},
+                    {"name": SIDECAR_CONTAINER, "volumeMounts": [{"name": "civic-client-secret"}]},
+                ],
+            }})
+        };
+        let ok = pod(json!([{"name": "cfg"}]));
+        assert!(client_secret_mounted_outside_sidecar(&[ok], &[&ci]).is_empty());
+        for leaked in ["civic-client-secret", "other"] {
+            let bad = pod(json!([{"name": leaked}]));
+            assert_eq!(
+                client_secret_mounted_outside_sidecar(&[bad], &[&ci]),
+                ["team/p/agent"]
+            );
+        }
+        // Another namespace's integration does not make the Secret a client secret here.
+        let elsewhere = json!({"metadata": {"namespace": "other"},
+                               "spec": {"clientSecretRef": {"name": "creds"}}});
+        let bad = pod(json!([{"name": "civic-client-secret"}]));
+        assert!(client_secret_mounted_outside_sidecar(&[bad], &[&elsewhere]).is_empty());
     }
 
     #[test]
