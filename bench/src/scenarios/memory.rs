@@ -110,6 +110,26 @@ async fn measure(env: &Env, proxy: &Proxy) -> Result<MemoryFigures> {
         },
     };
     for _ in 0..plan.memory_cycles {
+        // SSE streams first: in the first cycle they are measured on the warmed-up idle heap,
+        // not on what the large responses left behind.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = proxy.rss_kib()?;
+        let expected = plan.sse_streams as u64 * plan.sse_events;
+        let (sse, peak) = with_peak_rss(
+            &pids,
+            sse_streams(&target, plan.sse_streams, plan.sse_events, plan.sse_every),
+        )
+        .await;
+        let (opened, received) = sse?;
+        f.sse_before_kib.push(before);
+        f.sse_peak_kib.push(peak);
+        f.sse_per_stream_kib
+            .push(peak.saturating_sub(before) as f64 / plan.sse_streams as f64);
+        f.sse_streams_opened.push(opened);
+        f.sse_events_expected.push(expected);
+        f.sse_events_received.push(received);
+        f.sse_events_lost += expected.saturating_sub(received);
+
         let (load, peak) = with_peak_rss(
             &pids,
             env.wrk.run(&target, plan.wrk_connections, plan.memory_load),
@@ -132,24 +152,6 @@ async fn measure(env: &Env, proxy: &Proxy) -> Result<MemoryFigures> {
         f.large_responses += n;
         f.large_bad += bad;
         f.large_peak_kib.push(peak);
-
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let before = proxy.rss_kib()?;
-        let expected = plan.sse_streams as u64 * plan.sse_events;
-        let (sse, peak) = with_peak_rss(
-            &pids,
-            sse_streams(&target, plan.sse_streams, plan.sse_events, plan.sse_every),
-        )
-        .await;
-        let (opened, received) = sse?;
-        f.sse_before_kib.push(before);
-        f.sse_peak_kib.push(peak);
-        f.sse_per_stream_kib
-            .push(peak.saturating_sub(before) as f64 / plan.sse_streams as f64);
-        f.sse_streams_opened.push(opened);
-        f.sse_events_expected.push(expected);
-        f.sse_events_received.push(received);
-        f.sse_events_lost += expected.saturating_sub(received);
 
         tokio::time::sleep(Duration::from_secs(1)).await;
         f.after_cycle_kib.push(proxy.rss_kib()?);
