@@ -627,6 +627,7 @@ async fn apiserver_restart_and_expired_watches_are_survived() -> anyhow::Result<
         op.metric(STATUS_WRITES).await? == settled,
         "no writes while nothing changes"
     );
+    env.cluster.capture("faults-apiserver-restart").await?;
     Ok(())
 }
 
@@ -800,6 +801,7 @@ async fn killed_and_frozen_leaders_are_replaced_and_write_nothing_stale() -> any
         retaken >= Duration::from_millis(3500),
         "nobody takes a freshly renewed lease before it expires: {retaken:?}"
     );
+    env.cluster.capture("faults-leaders").await?;
     Ok(())
 }
 
@@ -1118,6 +1120,7 @@ async fn webhook_certificates_rotate_under_traffic_and_a_dead_webhook_fails_clos
         back.elapsed()
     );
     drop(op);
+    env.cluster.capture("faults-webhook-certs").await?;
     Ok(())
 }
 
@@ -1583,5 +1586,6 @@ async fn invalid_integrations_are_rejected_by_the_schema_or_reported() -> anyhow
         cases.len()
     );
     drop(op);
+    env.cluster.capture("faults-invalid-integrations").await?;
     Ok(())
 }

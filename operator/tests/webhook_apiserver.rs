@@ -775,5 +775,6 @@ async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::
     drop(operator);
     drop(replica);
     drop(auth);
+    cluster.capture("webhook").await?;
     Ok(())
 }
