@@ -4,82 +4,53 @@
 //! never admin). Fails, never skips, when the kube binaries are missing: run
 //! `scripts/kube/build.sh`.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::ops::Deref;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use civic_operator::crd::CivicIntegration;
 use civic_testkit::apiserver::KubeApiServer;
-use civic_testkit::auth::FakeCivicAuth;
-use civic_testkit::secrets::{self, CLIENT_ID, CLIENT_SECRET, CLIENT_SECRET_WRONG};
-use civic_testkit::tls::TestCa;
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
-use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{
-    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+use civic_testkit::secrets::{CLIENT_SECRET, CLIENT_SECRET_WRONG};
+use common::{
+    CI_NAME, Env, OPERATOR_NS, Process, SA_NAME, SECRET_NAME, TEAM, create_integration, eventually,
+    lease_holder, put_secret,
 };
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
-const OPERATOR_NS: &str = "civic-system";
-const SA_NAME: &str = "civic-mcp-operator";
-const LEASE: &str = "civic-mcp-operator";
-const TEAM: &str = "team";
-const CI_NAME: &str = "civic";
-const SECRET_NAME: &str = "civic-credentials";
 const EVENTUALLY: Duration = Duration::from_secs(30);
 /// Short lease timing so fail-over is quick.
 const LEASE_DURATION: Duration = Duration::from_secs(4);
 /// Healthy integrations are reconciled this often in these tests.
 const RESYNC: Duration = Duration::from_secs(1);
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Polls `check` until it returns `Ok(Some(_))`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        let last = match check().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => "not yet".to_owned(),
-            Err(e) => format!("{e:#}"),
-        };
-        if Instant::now() > deadline {
-            bail!("{what}: not true after {limit:?} (last: {last})");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The real `civic-operator run`, its output captured to `target/civic-test-logs/` and scanned
 /// for secrets when it is dropped.
 struct Operator {
-    name: String,
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    log_path: PathBuf,
+    process: Process,
     admin: SocketAddr,
+}
+
+impl Deref for Operator {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.process
+    }
 }
 
 impl Operator {
     async fn start(name: &str, kubeconfig: &Path, ca_file: &Path) -> anyhow::Result<Self> {
-        let log_path = civic_testkit::fs::test_logs_dir().join(format!("operator-{name}.log"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_civic-operator"))
-            .env_clear()
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_civic-operator"));
+        cmd.env_clear()
             .env("KUBECONFIG", kubeconfig)
             .env(
                 "CIVIC_OPERATOR_LOG",
@@ -94,47 +65,12 @@ impl Operator {
             .args(["--lease-duration", "4s", "--lease-renew-deadline", "3s"])
             .args(["--lease-retry-period", "500ms", "--resync-interval", "1s"])
             .args(["--probe-interval", "1h", "--probe-min-interval", "200ms"])
-            .args(["--backoff-base", "200ms", "--backoff-max", "2s"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("spawn civic-operator")?;
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let file = Arc::new(Mutex::new(std::fs::File::create(&log_path)?));
-        for out in [
-            Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().expect("piped")),
-        ] {
-            let (lines, file) = (lines.clone(), file.clone());
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    let _ = writeln!(file.lock().unwrap(), "{line}");
-                    lines.lock().unwrap().push(line);
-                }
-            });
-        }
-        let admin = eventually(
-            &format!("operator {name} admin address"),
-            Duration::from_secs(15),
-            || {
-                let lines = lines.clone();
-                async move {
-                    let found = lines.lock().unwrap().iter().find_map(|l| {
-                        civic_testkit::process::listening_addr(l, "admin endpoints listening")
-                    });
-                    Ok(found)
-                }
-            },
-        )
-        .await?;
-        Ok(Self {
-            name: name.into(),
-            child,
-            lines,
-            log_path,
-            admin,
-        })
+            .args(["--backoff-base", "200ms", "--backoff-max", "2s"]);
+        let process = Process::spawn(name, cmd, &format!("operator-{name}.log"))?;
+        let admin = process
+            .logged_addr("admin endpoints listening", Duration::from_secs(15))
+            .await?;
+        Ok(Self { process, admin })
     }
 
     async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
@@ -146,36 +82,7 @@ impl Operator {
     async fn metric(&self, sample: &str) -> anyhow::Result<f64> {
         let (status, text) = self.get("/metrics").await?;
         anyhow::ensure!(status == 200, "/metrics answered {status}");
-        text.lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-            .with_context(|| format!("no sample {sample} in:\n{text}"))
-    }
-
-    fn signal(&self, sig: &str) -> anyhow::Result<()> {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()?
-            .success();
-        anyhow::ensure!(ok, "kill {sig} {}", self.child.id());
-        Ok(())
-    }
-
-    /// Waits for the process to exit; returns whether it exited successfully.
-    async fn wait_exit(&mut self, limit: Duration) -> anyhow::Result<bool> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status.success());
-            }
-            if Instant::now() > deadline {
-                bail!("operator {} still running after {limit:?}", self.name);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn output(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
+        common::sample(&text, sample).with_context(|| format!("no sample {sample} in:\n{text}"))
     }
 }
 
@@ -187,18 +94,7 @@ impl Drop for Operator {
             &format!("operator-{}-metrics.txt", self.name),
             &format!("operator {}", self.name),
         );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Give the reader threads a moment to drain the pipes.
-        std::thread::sleep(Duration::from_millis(50));
-        let leaks = secrets::find_leaks(&self.output(), &secrets::known_secrets());
-        if !leaks.is_empty() && !std::thread::panicking() {
-            panic!(
-                "secrets in the output of operator {} ({}): {leaks:?}",
-                self.name,
-                self.log_path.display()
-            );
-        }
+        self.process.stop();
         if let Err(e) = metrics
             && !std::thread::panicking()
         {
@@ -207,159 +103,12 @@ impl Drop for Operator {
     }
 }
 
-/// A cluster with the CRD, the chart's RBAC and the namespaces installed, a fake Civic Auth
-/// over TLS, and a kubeconfig for the operator's ServiceAccount.
-struct Env {
-    cluster: KubeApiServer,
-    admin: Client,
-    auth: FakeCivicAuth,
-    ca: TestCa,
-    kubeconfig: PathBuf,
-}
-
 async fn setup() -> anyhow::Result<Env> {
-    let sa_user = KubeApiServer::service_account_user(OPERATOR_NS, SA_NAME);
-    let cluster = KubeApiServer::builder()
-        .service_account(OPERATOR_NS, SA_NAME)
-        .start()
-        .await
-        .context("starting etcd + kube-apiserver (build them with scripts/kube/build.sh)")?;
-    let admin = cluster.admin_client().await?;
-    for ns in [OPERATOR_NS, TEAM] {
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
-        Api::<Namespace>::all(admin.clone())
-            .create(&PostParams::default(), &ns)
-            .await?;
-    }
-    install_crd(&admin).await?;
-    install_rbac(&admin).await?;
-
-    let ca = TestCa::new()?;
-    let auth = FakeCivicAuth::start_tls(&ca).await?;
-    secrets::register_secret(CLIENT_SECRET);
-    secrets::register_secret(CLIENT_SECRET_WRONG);
-    let kubeconfig = cluster.write_kubeconfig(&sa_user)?;
-    Ok(Env {
-        cluster,
-        admin,
-        auth,
-        ca,
-        kubeconfig,
-    })
-}
-
-/// The checked-in CRD (a drift test keeps it equal to `civic-operator crd`).
-async fn install_crd(admin: &Client) -> anyhow::Result<()> {
-    let yaml =
-        std::fs::read_to_string(repo_root().join("crds/civicintegrations.mcp.civic.com.yaml"))?;
-    let crd: CustomResourceDefinition = serde_yaml_ng::from_str(&yaml)?;
-    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-    crds.create(&PostParams::default(), &crd)
-        .await
-        .context("the 1.20 apiserver must accept the generated CRD")?;
-    eventually("CRD established", EVENTUALLY, || async {
-        let crd = crds.get("civicintegrations.mcp.civic.com").await?;
-        let established = crd
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        Ok(established.then_some(()))
-    })
-    .await
-}
-
-/// `charts/civic-mcp/templates/rbac.yaml`, rendered by substituting the release namespace.
-async fn install_rbac(admin: &Client) -> anyhow::Result<()> {
-    let template =
-        std::fs::read_to_string(repo_root().join("charts/civic-mcp/templates/rbac.yaml"))?;
-    let rendered = template.replace("{{ .Release.Namespace }}", OPERATOR_NS);
-    anyhow::ensure!(
-        !rendered.contains("{{"),
-        "rbac.yaml must only template the release namespace"
-    );
-    let mut kinds = Vec::new();
-    for doc in serde_yaml_ng::Deserializer::from_str(&rendered) {
-        let value = serde_json::to_value(
-            <serde_yaml_ng::Value as serde::Deserialize>::deserialize(doc)?,
-        )?;
-        if value.is_null() {
-            continue;
-        }
-        let obj: DynamicObject = serde_json::from_value(value.clone())?;
-        let tm = obj.types.clone().context("apiVersion/kind")?;
-        let (group, version) = tm
-            .api_version
-            .split_once('/')
-            .unwrap_or(("", tm.api_version.as_str()));
-        let plural = format!("{}s", tm.kind.to_ascii_lowercase()).replace("policys", "policies");
-        let ar = ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk(group, version, &tm.kind),
-            &plural,
-        );
-        let api: Api<DynamicObject> = match obj.namespace() {
-            Some(ns) => Api::namespaced_with(admin.clone(), &ns, &ar),
-            None => Api::all_with(admin.clone(), &ar),
-        };
-        api.patch(
-            &obj.name_any(),
-            &PatchParams::apply("civic-test").force(),
-            &Patch::Apply(&value),
-        )
-        .await
-        .with_context(|| format!("applying {} {}", tm.kind, obj.name_any()))?;
-        kinds.push(tm.kind);
-    }
-    for k in ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"] {
-        anyhow::ensure!(kinds.iter().any(|x| x == k), "rbac.yaml lacks a {k}");
-    }
-    Ok(())
+    common::setup(EVENTUALLY, false).await
 }
 
 fn integration(token_url: &str) -> Value {
-    json!({
-        "apiVersion": "mcp.civic.com/v1alpha1",
-        "kind": "CivicIntegration",
-        "metadata": {"name": CI_NAME, "namespace": TEAM},
-        "spec": {
-            "clientId": CLIENT_ID,
-            "clientSecretRef": {"name": SECRET_NAME, "key": "client-secret"},
-            "tokenUrl": token_url,
-            "bindings": [{
-                "name": "support",
-                "podSelector": {"matchLabels": {"app": "support-agent"}},
-                "profileId": secrets::PROFILE_ID,
-                "subject": {"serviceAccountToken": {"audience": "civic"}},
-            }],
-        },
-    })
-}
-
-/// Creates the integration from raw JSON (some test bodies are invalid on purpose, so they
-/// cannot go through the Rust type).
-async fn create_integration(admin: &Client, body: Value) -> Result<DynamicObject, kube::Error> {
-    let ar = ApiResource::erase::<CivicIntegration>(&());
-    let obj: DynamicObject = serde_json::from_value(body).expect("an object");
-    Api::<DynamicObject>::namespaced_with(admin.clone(), TEAM, &ar)
-        .create(&PostParams::default(), &obj)
-        .await
-}
-
-async fn put_secret(admin: &Client, value: &str) -> anyhow::Result<()> {
-    let secret: Secret = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": SECRET_NAME, "namespace": TEAM},
-        "stringData": {"client-secret": value},
-    }))?;
-    Api::<Secret>::namespaced(admin.clone(), TEAM)
-        .patch(
-            SECRET_NAME,
-            &PatchParams::apply("civic-test").force(),
-            &Patch::Apply(&secret),
-        )
-        .await?;
-    Ok(())
+    common::integration(CI_NAME, token_url)
 }
 
 /// `(status, reason)` of every condition of the integration.
@@ -426,16 +175,6 @@ async fn events(admin: &Client) -> anyhow::Result<Vec<Event>> {
         .into_iter()
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(CI_NAME))
         .collect())
-}
-
-async fn lease_holder(admin: &Client) -> anyhow::Result<Option<String>> {
-    let lease = Api::<Lease>::namespaced(admin.clone(), OPERATOR_NS)
-        .get_opt(LEASE)
-        .await?;
-    Ok(lease
-        .and_then(|l| l.spec)
-        .and_then(|s| s.holder_identity)
-        .filter(|h| !h.is_empty()))
 }
 
 fn code(e: &kube::Error) -> Option<u16> {
@@ -756,7 +495,7 @@ async fn two_operators_elect_one_leader_and_fail_over() -> anyhow::Result<()> {
     })
     .await?;
     assert_eq!(first, "op-a");
-    let mut b = Operator::start("op-b", &env.kubeconfig, env.ca.ca_file()).await?;
+    let b = Operator::start("op-b", &env.kubeconfig, env.ca.ca_file()).await?;
     wait_conditions(admin, &[("CredentialsValid", "False", "InvalidClient")]).await?;
 
     // Both replicas are ready; exactly one leads and only it reconciles, over several renewals.

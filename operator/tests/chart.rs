@@ -8,21 +8,20 @@
 //! Pods never run here (no kubelet): the operator is a local process. Fails, never skips, when
 //! helm or the kube binaries are missing (`scripts/install-helm.sh`, `scripts/kube/build.sh`).
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 use civic_operator::crd::CivicIntegration;
 use civic_testkit::apiserver::{ADMIN_USER, KubeApiServer};
 use civic_testkit::auth::FakeCivicAuth;
 use civic_testkit::secrets::{self, CLIENT_ID, CLIENT_SECRET, PROFILE_ID};
+use common::{Process, eventually_slowly as eventually, lease_holder, repo_root};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
@@ -48,30 +47,6 @@ const WEBHOOK_CONFIG: &str = "civic-mcp";
 const WEBHOOK_TLS_SECRET: &str = "civic-mcp-webhook-tls";
 /// What the apiserver calls: the chart's webhook Service in the release namespace.
 const WEBHOOK_DNS_NAME: &str = "civic-mcp-webhook.civic-system.svc";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Polls `check` until it returns `Ok(Some(_))`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        let last = match check().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => "not yet".to_owned(),
-            Err(e) => format!("{e:#}"),
-        };
-        if Instant::now() > deadline {
-            bail!("{what}: not true after {limit:?} (last: {last})");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// helm with its own config/cache/data dirs and the admin kubeconfig.
 struct Helm {
@@ -181,17 +156,13 @@ fn deployment_env(manifest: &str) -> anyhow::Result<BTreeMap<String, String>> {
 }
 
 /// `civic-operator run` as the chart configures it; output captured and scanned for secrets.
-struct Operator {
-    child: Mutex<Child>,
-    lines: Arc<Mutex<Vec<String>>>,
-    log_path: PathBuf,
-}
+/// (`common` is a module of this test crate, so this binary can add its own methods.)
+type Operator = Process;
 
 impl Operator {
     fn start(kubeconfig: &Path, chart_env: &BTreeMap<String, String>) -> anyhow::Result<Self> {
-        let log_path = civic_testkit::fs::test_logs_dir().join("operator-chart.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_civic-operator"))
-            .env_clear()
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_civic-operator"));
+        cmd.env_clear()
             .envs(chart_env)
             // What the pod would get from the downward API and its kubelet.
             .env("POD_NAMESPACE", NS)
@@ -200,74 +171,13 @@ impl Operator {
             // Loopback and free ports only on a shared test machine.
             .env("CIVIC_OPERATOR_ADMIN_ADDR", "127.0.0.1:0")
             .env("CIVIC_OPERATOR_WEBHOOK_ADDR", "127.0.0.1:0")
-            .arg("run")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("spawn civic-operator")?;
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let file = Arc::new(Mutex::new(std::fs::File::create(&log_path)?));
-        for out in [
-            Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().expect("piped")),
-        ] {
-            let (lines, file) = (lines.clone(), file.clone());
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    let _ = writeln!(file.lock().unwrap(), "{line}");
-                    lines.lock().unwrap().push(line);
-                }
-            });
-        }
-        Ok(Self {
-            child: Mutex::new(child),
-            lines,
-            log_path,
-        })
+            .arg("run");
+        Process::spawn(OPERATOR_NAME, cmd, "operator-chart.log")
     }
 
     /// The webhook's address, from its "webhook listening" log line.
     async fn webhook_addr(&self) -> anyhow::Result<std::net::SocketAddr> {
-        eventually("the webhook listening", EVENTUALLY, || async {
-            ensure!(self.running(), "the operator exited:\n{}", self.output());
-            Ok(self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find_map(|l| civic_testkit::process::listening_addr(l, "webhook listening")))
-        })
-        .await
-    }
-
-    fn running(&self) -> bool {
-        matches!(self.child.lock().unwrap().try_wait(), Ok(None))
-    }
-
-    fn output(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    fn stop(&self) {
-        let mut child = self.child.lock().unwrap();
-        let _ = child.kill();
-        let _ = child.wait();
-        // Let the reader threads drain the pipes.
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.stop();
-        let leaks = secrets::find_leaks(&self.output(), &secrets::known_secrets());
-        if !leaks.is_empty() && !std::thread::panicking() {
-            panic!(
-                "secrets in the operator's output ({}): {leaks:?}",
-                self.log_path.display()
-            );
-        }
+        self.logged_addr("webhook listening", EVENTUALLY).await
     }
 }
 
@@ -322,25 +232,8 @@ async fn filled_ca_bundle(admin: &Client) -> anyhow::Result<Option<String>> {
 /// Whether a TLS client that trusts only `ca_pem` and asks for the webhook Service's DNS name
 /// (as the apiserver does) accepts the certificate served at `addr`.
 async fn webhook_trusted_by(addr: std::net::SocketAddr, ca_pem: &str) -> anyhow::Result<bool> {
-    use rustls_pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert?)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = rustls_pki_types::ServerName::try_from(WEBHOOK_DNS_NAME)?;
-    Ok(
-        tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
-            .await
-            .context("handshake timed out")?
-            .is_ok(),
-    )
+    common::webhook_trusted_by(addr, ca_pem, name).await
 }
 
 async fn crd_description(admin: &Client) -> anyhow::Result<Option<String>> {
@@ -352,13 +245,6 @@ async fn crd_description(admin: &Client) -> anyhow::Result<Option<String>> {
         .as_ref()
         .and_then(|cols| cols.iter().find(|c| c.name == "Ready"))
         .and_then(|c| c.description.clone()))
-}
-
-async fn lease_holder(admin: &Client) -> anyhow::Result<Option<String>> {
-    let lease = Api::<Lease>::namespaced(admin.clone(), NS)
-        .get_opt(SA_NAME)
-        .await?;
-    Ok(lease.and_then(|l| l.spec?.holder_identity))
 }
 
 /// Every object left in the release namespace (Events aside) and every cluster-scoped

@@ -7,44 +7,34 @@
 //! the chart's `rbac.yaml`, against etcd + kube-apiserver on loopback and a fake Civic Auth over
 //! TLS. Fails, never skips, when the kube binaries are missing: run `scripts/kube/build.sh`.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::future::Future;
-use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::ops::Deref;
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail, ensure};
 use civic_operator::crd::CivicIntegration;
-use civic_testkit::apiserver::KubeApiServer;
-use civic_testkit::auth::{AuthReply, FakeCivicAuth};
-use civic_testkit::secrets::{self, CLIENT_ID, CLIENT_SECRET, CLIENT_SECRET_WRONG};
-use civic_testkit::tls::TestCa;
+use civic_testkit::auth::AuthReply;
+use civic_testkit::secrets::{CLIENT_SECRET, CLIENT_SECRET_WRONG};
+use common::{
+    CERT_SECRET, CI_NAME, Env, LEASE, OPERATOR_NS, Process, TEAM, WEBHOOK_CONFIG, apply_all,
+    create_integration, create_namespace, eventually, integration, lease_holder, put_secret,
+};
 use futures_util::StreamExt as _;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
-    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
-    WatchEvent, WatchParams,
+    Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent,
+    WatchParams,
 };
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
-const OPERATOR_NS: &str = "civic-system";
-const SA_NAME: &str = "civic-mcp-operator";
-const LEASE: &str = "civic-mcp-operator";
-const TEAM: &str = "team";
-const CI_NAME: &str = "civic";
-const SECRET_NAME: &str = "civic-credentials";
-/// Fixed by the chart (`civic-mcp.webhookConfigName`); `rbac.yaml` grants access by this name.
-const WEBHOOK_CONFIG: &str = "civic-mcp";
-/// Fixed by the chart (`civic-mcp.webhookCertSecretName`, self-managed mode).
-const CERT_SECRET: &str = "civic-mcp-webhook-tls";
 const EVENTUALLY: Duration = Duration::from_secs(45);
 const STATUS_WRITES: &str = "civic_operator_status_writes_total";
 const LEADER: &str = "civic_operator_leader";
@@ -58,48 +48,26 @@ const SHORT_LEASE: [&str; 6] = [
     "500ms",
 ];
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Polls `check` until it returns `Ok(Some(_))`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        let last = match check().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => "not yet".to_owned(),
-            Err(e) => format!("{e:#}"),
-        };
-        if Instant::now() > deadline {
-            bail!("{what}: not true after {limit:?} (last: {last})");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The real `civic-operator run`; output captured to `target/civic-test-logs/` and scanned for
 /// secrets when dropped (which kills it).
 struct Operator {
-    name: String,
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    log_path: PathBuf,
+    process: Process,
     admin: SocketAddr,
+}
+
+impl Deref for Operator {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.process
+    }
 }
 
 impl Operator {
     /// Starts a replica named `name` (its `POD_NAME`) with the common test flags plus `extra`
     /// (which must not repeat a common flag: clap refuses duplicates).
     async fn start(env: &Env, name: &str, extra: &[&str]) -> anyhow::Result<Self> {
-        let log_path =
-            civic_testkit::fs::test_logs_dir().join(format!("operator-faults-{name}.log"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_civic-operator"))
-            .env_clear()
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_civic-operator"));
+        cmd.env_clear()
             .env("KUBECONFIG", &env.kubeconfig)
             .env(
                 "CIVIC_OPERATOR_LOG",
@@ -118,269 +86,24 @@ impl Operator {
             ])
             .args(["--probe-interval", "1h", "--probe-min-interval", "200ms"])
             .args(["--backoff-base", "200ms", "--backoff-max", "2s"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("spawn civic-operator")?;
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let file = Arc::new(Mutex::new(std::fs::File::create(&log_path)?));
-        for out in [
-            Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().expect("piped")),
-        ] {
-            let (lines, file) = (lines.clone(), file.clone());
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    let _ = writeln!(file.lock().unwrap(), "{line}");
-                    lines.lock().unwrap().push(line);
-                }
-            });
-        }
-        let admin = eventually(
-            &format!("operator {name} admin address"),
-            Duration::from_secs(20),
-            || {
-                let lines = lines.clone();
-                async move {
-                    let found = lines.lock().unwrap().iter().find_map(|l| {
-                        civic_testkit::process::listening_addr(l, "admin endpoints listening")
-                    });
-                    Ok(found)
-                }
-            },
-        )
-        .await?;
-        Ok(Self {
-            name: name.into(),
-            child,
-            lines,
-            log_path,
-            admin,
-        })
+            .args(extra);
+        let process = Process::spawn(name, cmd, &format!("operator-faults-{name}.log"))?;
+        let admin = process
+            .logged_addr("admin endpoints listening", Duration::from_secs(20))
+            .await?;
+        Ok(Self { process, admin })
     }
 
     /// The value of one Prometheus sample, e.g. `civic_operator_leader`.
     async fn metric(&self, sample: &str) -> anyhow::Result<f64> {
-        let r = civic_testkit::client::get(self.admin, "/metrics").await?;
-        ensure!(r.status == 200, "/metrics answered {}", r.status);
-        let text = r.text();
-        text.lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        let text = common::metrics_text(self.admin).await?;
+        common::sample(&text, sample)
             .with_context(|| format!("no sample {sample} in /metrics of {}", self.name))
     }
-
-    fn signal(&self, sig: &str) -> anyhow::Result<()> {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()?
-            .success();
-        ensure!(ok, "kill {sig} {}", self.child.id());
-        Ok(())
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn output(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    /// Lines logged since `from` (an index from [`Self::line_count`]).
-    fn output_since(&self, from: usize) -> String {
-        let lines = self.lines.lock().unwrap();
-        lines.get(from..).unwrap_or_default().join("\n")
-    }
-
-    fn line_count(&self) -> usize {
-        self.lines.lock().unwrap().len()
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        // A stopped process still dies of SIGKILL.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        std::thread::sleep(Duration::from_millis(50));
-        let leaks = secrets::find_leaks(&self.output(), &secrets::known_secrets());
-        if !leaks.is_empty() && !std::thread::panicking() {
-            panic!(
-                "secrets in the output of operator {} ({}): {leaks:?}",
-                self.name,
-                self.log_path.display()
-            );
-        }
-    }
-}
-
-/// A cluster with the CRD, the chart's RBAC and the namespaces, a fake Civic Auth over TLS that
-/// accepts `CLIENT_SECRET`, and a kubeconfig for the operator's ServiceAccount.
-struct Env {
-    cluster: KubeApiServer,
-    admin: Client,
-    auth: FakeCivicAuth,
-    ca: TestCa,
-    kubeconfig: PathBuf,
 }
 
 async fn setup() -> anyhow::Result<Env> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let sa_user = KubeApiServer::service_account_user(OPERATOR_NS, SA_NAME);
-    let cluster = KubeApiServer::builder()
-        .service_account(OPERATOR_NS, SA_NAME)
-        .start()
-        .await
-        .context("starting etcd + kube-apiserver (build them with scripts/kube/build.sh)")?;
-    let admin = cluster.admin_client().await?;
-    for ns in [OPERATOR_NS, TEAM] {
-        create_namespace(&admin, ns, json!({})).await?;
-    }
-    install_crd(&admin).await?;
-    apply_all(&admin, chart_rbac()?).await?;
-    let ca = TestCa::new()?;
-    let auth = FakeCivicAuth::start_tls(&ca).await?;
-    secrets::register_secret(CLIENT_SECRET);
-    secrets::register_secret(CLIENT_SECRET_WRONG);
-    let kubeconfig = cluster.write_kubeconfig(&sa_user)?;
-    Ok(Env {
-        cluster,
-        admin,
-        auth,
-        ca,
-        kubeconfig,
-    })
-}
-
-/// A namespace with a `default` ServiceAccount (no controller-manager here: the 1.20
-/// ServiceAccount admission plugin wants the account to exist before pods are created).
-async fn create_namespace(admin: &Client, name: &str, labels: Value) -> anyhow::Result<()> {
-    let ns: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))?;
-    Api::<Namespace>::all(admin.clone())
-        .create(&PostParams::default(), &ns)
-        .await?;
-    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "default"}}))?;
-    Api::<ServiceAccount>::namespaced(admin.clone(), name)
-        .create(&PostParams::default(), &sa)
-        .await?;
-    Ok(())
-}
-
-/// The checked-in CRD (a drift test keeps it equal to `civic-operator crd`).
-async fn install_crd(admin: &Client) -> anyhow::Result<()> {
-    let yaml =
-        std::fs::read_to_string(repo_root().join("crds/civicintegrations.mcp.civic.com.yaml"))?;
-    let crd: CustomResourceDefinition = serde_yaml_ng::from_str(&yaml)?;
-    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-    crds.create(&PostParams::default(), &crd).await?;
-    eventually("CRD established", EVENTUALLY, || async {
-        let crd = crds.get("civicintegrations.mcp.civic.com").await?;
-        let established = crd
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        Ok(established.then_some(()))
-    })
-    .await
-}
-
-/// `charts/civic-mcp/templates/rbac.yaml`, rendered for the operator namespace.
-fn chart_rbac() -> anyhow::Result<Vec<Value>> {
-    let template =
-        std::fs::read_to_string(repo_root().join("charts/civic-mcp/templates/rbac.yaml"))?;
-    let rendered = template.replace("{{ .Release.Namespace }}", OPERATOR_NS);
-    ensure!(
-        !rendered.contains("{{"),
-        "rbac.yaml must only template the release namespace"
-    );
-    let mut docs = Vec::new();
-    for doc in serde_yaml_ng::Deserializer::from_str(&rendered) {
-        let value = serde_json::to_value(
-            <serde_yaml_ng::Value as serde::Deserialize>::deserialize(doc)?,
-        )?;
-        if !value.is_null() {
-            docs.push(value);
-        }
-    }
-    Ok(docs)
-}
-
-/// Server-side applies every object (any kind) as the admin.
-async fn apply_all(admin: &Client, docs: Vec<Value>) -> anyhow::Result<()> {
-    for value in docs {
-        let obj: DynamicObject = serde_json::from_value(value.clone())?;
-        let tm = obj.types.clone().context("apiVersion/kind")?;
-        let (group, version) = tm
-            .api_version
-            .split_once('/')
-            .unwrap_or(("", tm.api_version.as_str()));
-        let plural = format!("{}s", tm.kind.to_ascii_lowercase()).replace("policys", "policies");
-        let ar = ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk(group, version, &tm.kind),
-            &plural,
-        );
-        let api: Api<DynamicObject> = match obj.namespace() {
-            Some(ns) => Api::namespaced_with(admin.clone(), &ns, &ar),
-            None => Api::all_with(admin.clone(), &ar),
-        };
-        api.patch(
-            &obj.name_any(),
-            &PatchParams::apply("civic-test").force(),
-            &Patch::Apply(&value),
-        )
-        .await
-        .with_context(|| format!("applying {} {}", tm.kind, obj.name_any()))?;
-    }
-    Ok(())
-}
-
-fn integration(name: &str, token_url: &str) -> Value {
-    json!({
-        "apiVersion": "mcp.civic.com/v1alpha1",
-        "kind": "CivicIntegration",
-        "metadata": {"name": name, "namespace": TEAM},
-        "spec": {
-            "clientId": CLIENT_ID,
-            "clientSecretRef": {"name": SECRET_NAME, "key": "client-secret"},
-            "tokenUrl": token_url,
-            "bindings": [{
-                "name": "support",
-                "podSelector": {"matchLabels": {"app": "support-agent"}},
-                "profileId": secrets::PROFILE_ID,
-                "subject": {"serviceAccountToken": {"audience": "civic"}},
-            }],
-        },
-    })
-}
-
-/// Creates an integration from raw JSON (some bodies are invalid on purpose).
-async fn create_integration(admin: &Client, body: Value) -> Result<DynamicObject, kube::Error> {
-    let ar = ApiResource::erase::<CivicIntegration>(&());
-    let obj: DynamicObject = serde_json::from_value(body).expect("an object");
-    Api::<DynamicObject>::namespaced_with(admin.clone(), TEAM, &ar)
-        .create(&PostParams::default(), &obj)
-        .await
-}
-
-async fn put_secret(admin: &Client, value: &str) -> anyhow::Result<()> {
-    let secret: Secret = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": SECRET_NAME, "namespace": TEAM},
-        "stringData": {"client-secret": value},
-    }))?;
-    Api::<Secret>::namespaced(admin.clone(), TEAM)
-        .patch(
-            SECRET_NAME,
-            &PatchParams::apply("civic-test").force(),
-            &Patch::Apply(&secret),
-        )
-        .await?;
-    Ok(())
+    common::setup(EVENTUALLY, true).await
 }
 
 /// Waits until the integration `name` has each `(type, status, reason)`.
@@ -408,16 +131,6 @@ async fn wait_conditions(
         bail!("have {have:?}")
     })
     .await
-}
-
-async fn lease_holder(admin: &Client) -> anyhow::Result<Option<String>> {
-    let lease = Api::<Lease>::namespaced(admin.clone(), OPERATOR_NS)
-        .get_opt(LEASE)
-        .await?;
-    Ok(lease
-        .and_then(|l| l.spec)
-        .and_then(|s| s.holder_identity)
-        .filter(|h| !h.is_empty()))
 }
 
 async fn events_from(admin: &Client, instance: &str) -> anyhow::Result<Vec<Event>> {
@@ -456,7 +169,7 @@ async fn apiserver_restart_and_expired_watches_are_survived() -> anyhow::Result<
     create_integration(&admin, integration(CI_NAME, &token_url)).await?;
     // A long lease: the operator keeps leading through the restart, so its controller (and its
     // watches) live on and must resume rather than start afresh.
-    let mut op = Operator::start(
+    let op = Operator::start(
         &env,
         "restart",
         &[
@@ -694,7 +407,7 @@ async fn killed_and_frozen_leaders_are_replaced_and_write_nothing_stale() -> any
 
     // --- SIGSTOP: the leader freezes holding a verdict it has not written yet.
     put_secret(admin, CLIENT_SECRET).await?;
-    let mut a = Operator::start(&env, "frozen-a", &flags).await?;
+    let a = Operator::start(&env, "frozen-a", &flags).await?;
     eventually("frozen-a leads", EVENTUALLY, || async {
         Ok(lease_holder(admin).await?.filter(|h| h == "frozen-a"))
     })
@@ -1094,7 +807,7 @@ async fn webhook_certificates_rotate_under_traffic_and_a_dead_webhook_fails_clos
     // apiserver instead of exiting into CrashLoopBackOff, then serves.
     drop(op);
     env.cluster.stop_apiserver().await?;
-    let mut op = Operator::start(&env, "webhook-3", &flags).await?;
+    let op = Operator::start(&env, "webhook-3", &flags).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     ensure!(
         op.running(),

@@ -9,81 +9,46 @@
 //! container); the native-sidecar fields are asserted in the golden tier (`inject_golden.rs`).
 //! Fails, never skips, when the kube binaries are missing: run `scripts/kube/build.sh`.
 
-use std::future::Future;
-use std::io::{BufRead as _, BufReader, Write as _};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod common;
 
-use anyhow::{Context as _, bail, ensure};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
 use civic_operator::crd::CivicIntegration;
 use civic_testkit::apiserver::KubeApiServer;
 use civic_testkit::auth::FakeCivicAuth;
 use civic_testkit::secrets::{self, CLIENT_ID, CLIENT_SECRET};
+use common::{
+    CERT_SECRET, OPERATOR_NS, Process, SA_NAME, TEAM, WEBHOOK_CONFIG, apply_all, chart_rbac,
+    eventually_slowly as eventually,
+};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{
-    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
-};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, CustomResourceExt, ResourceExt};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use serde_json::{Value, json};
 
-const OPERATOR_NS: &str = "civic-system";
-const SA_NAME: &str = "civic-mcp-operator";
-const TEAM: &str = "team";
-/// Fixed by the chart (`civic-mcp.webhookConfigName`); `rbac.yaml` grants access by this name.
-const WEBHOOK_CONFIG: &str = "civic-mcp";
-/// Fixed by the chart (`civic-mcp.webhookCertSecretName`, self-managed mode).
-const CERT_SECRET: &str = "civic-mcp-webhook-tls";
 const PROFILE: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
 const EVENTUALLY: Duration = Duration::from_secs(60);
 /// Lifetimes short enough to see a serving-certificate renewal and a CA rotation in one test.
 const CA_VALIDITY: &str = "36s";
 const CERT_VALIDITY: &str = "12s";
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Polls `check` until it returns `Ok(Some(_))`, at most `limit`.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        let last = match check().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => "not yet".to_owned(),
-            Err(e) => format!("{e:#}"),
-        };
-        if Instant::now() > deadline {
-            bail!("{what}: not true after {limit:?} (last: {last})");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// `civic-operator run`, output captured and scanned for secrets; killed on drop.
-struct Operator {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    log_path: PathBuf,
-}
+/// (`common` is a module of this test crate, so this binary can add its own methods.)
+type Operator = Process;
 
 impl Operator {
     fn start(kubeconfig: &Path, name: &str) -> anyhow::Result<Self> {
-        let log_path = civic_testkit::fs::test_logs_dir().join(format!("webhook-{name}.log"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_civic-operator"))
-            .env_clear()
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_civic-operator"));
+        cmd.env_clear()
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAMESPACE", OPERATOR_NS)
             .env("POD_NAME", name)
@@ -102,145 +67,29 @@ impl Operator {
             .args(["--sidecar-image", "ghcr.io/civic-mcp/civic-sidecar:test"])
             .args(["--lease-duration", "4s", "--lease-renew-deadline", "3s"])
             .args(["--lease-retry-period", "500ms", "--resync-interval", "2s"])
-            .args(["--probe-min-interval", "200ms"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("spawn civic-operator")?;
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let file = Arc::new(Mutex::new(std::fs::File::create(&log_path)?));
-        for out in [
-            Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().expect("piped")),
-        ] {
-            let (lines, file) = (lines.clone(), file.clone());
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    let _ = writeln!(file.lock().unwrap(), "{line}");
-                    lines.lock().unwrap().push(line);
-                }
-            });
-        }
-        Ok(Self {
-            child,
-            lines,
-            log_path,
-        })
+            .args(["--probe-min-interval", "200ms"]);
+        Process::spawn(name, cmd, &format!("webhook-{name}.log"))
     }
 
-    async fn webhook_addr(&mut self) -> anyhow::Result<SocketAddr> {
-        let lines = self.lines.clone();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let found = lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find_map(|l| civic_testkit::process::listening_addr(l, "webhook listening"));
-            if let Some(addr) = found {
-                return Ok(addr);
-            }
-            if let Some(status) = self.child.try_wait()? {
-                bail!("operator exited ({status}):\n{}", self.output());
-            }
-            if Instant::now() > deadline {
-                bail!("no webhook address logged:\n{}", self.output());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    async fn webhook_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.logged_addr("webhook listening", Duration::from_secs(30))
+            .await
     }
 
     /// One sample of the operator's `/metrics` (admin listener), e.g.
     /// `civic_operator_admissions_total{outcome="injected"}`; 0 when absent.
     async fn metric(&self, sample: &str) -> anyhow::Result<f64> {
         let admin = self
-            .lines
-            .lock()
-            .unwrap()
-            .iter()
-            .find_map(|l| civic_testkit::process::listening_addr(l, "admin endpoints listening"))
+            .find_addr("admin endpoints listening")
             .context("no admin address logged")?;
-        let r = civic_testkit::client::get(admin, "/metrics").await?;
-        ensure!(r.status == 200, "/metrics answered {}", r.status);
-        Ok(r.text()
-            .lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0))
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn output(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
+        let text = common::metrics_text(admin).await?;
+        Ok(common::sample(&text, sample).unwrap_or(0.0))
     }
 }
 
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        std::thread::sleep(Duration::from_millis(50));
-        let leaks = secrets::find_leaks(&self.output(), &secrets::known_secrets());
-        if !leaks.is_empty() && !std::thread::panicking() {
-            panic!(
-                "secrets in the operator's output ({}): {leaks:?}",
-                self.log_path.display()
-            );
-        }
-    }
-}
-
-/// Applies every object of a multi-document YAML (or JSON values) with server-side apply.
-async fn apply_all(admin: &Client, docs: Vec<Value>) -> anyhow::Result<()> {
-    for value in docs {
-        let obj: DynamicObject = serde_json::from_value(value.clone())?;
-        let tm = obj.types.clone().context("apiVersion/kind")?;
-        let (group, version) = tm
-            .api_version
-            .split_once('/')
-            .unwrap_or(("", tm.api_version.as_str()));
-        let plural = format!("{}s", tm.kind.to_ascii_lowercase());
-        let ar = ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk(group, version, &tm.kind),
-            &plural,
-        );
-        let api: Api<DynamicObject> = match obj.namespace() {
-            Some(ns) => Api::namespaced_with(admin.clone(), &ns, &ar),
-            None => Api::all_with(admin.clone(), &ar),
-        };
-        api.patch(
-            &obj.name_any(),
-            &PatchParams::apply("civic-test").force(),
-            &Patch::Apply(&value),
-        )
-        .await
-        .with_context(|| format!("applying {} {}", tm.kind, obj.name_any()))?;
-    }
-    Ok(())
-}
-
-/// The chart's RBAC, rendered for the operator namespace.
-fn chart_rbac() -> anyhow::Result<Vec<Value>> {
-    let template =
-        std::fs::read_to_string(repo_root().join("charts/civic-mcp/templates/rbac.yaml"))?;
-    let rendered = template.replace("{{ .Release.Namespace }}", OPERATOR_NS);
-    ensure!(
-        !rendered.contains("{{"),
-        "rbac.yaml must only template the release namespace"
-    );
-    let mut docs = Vec::new();
-    for doc in serde_yaml_ng::Deserializer::from_str(&rendered) {
-        let value = serde_json::to_value(
-            <serde_yaml_ng::Value as serde::Deserialize>::deserialize(doc)?,
-        )?;
-        if !value.is_null() {
-            docs.push(value);
-        }
-    }
-    Ok(docs)
+/// Whether a TLS client trusting only `ca_pem` accepts the webhook's certificate for 127.0.0.1.
+async fn webhook_trusted_by(addr: SocketAddr, ca_pem: &str) -> anyhow::Result<bool> {
+    common::webhook_trusted_by(addr, ca_pem, ServerName::IpAddress(addr.ip().into())).await
 }
 
 fn integration(name: &str, app: &str, secret: &str, token_url: &str) -> Value {
@@ -335,26 +184,6 @@ fn ca_bundle(config: &MutatingWebhookConfiguration) -> Vec<String> {
     civic_operator::certs::issue::split(&raw.unwrap_or_default())
 }
 
-/// Whether a TLS client trusting only `ca_pem` accepts the webhook's certificate for 127.0.0.1.
-async fn webhook_trusted_by(addr: SocketAddr, ca_pem: &str) -> anyhow::Result<bool> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes())?)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let name = ServerName::IpAddress(addr.ip().into());
-    Ok(
-        tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
-            .await
-            .context("handshake timed out")?
-            .is_ok(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -420,8 +249,8 @@ async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::
 
     let kubeconfig = cluster.write_kubeconfig(&sa_user)?;
     // Two replicas from the start: both race to fill the chart's empty Secret.
-    let mut operator = Operator::start(&kubeconfig, "civic-operator-0")?;
-    let mut replica = Operator::start(&kubeconfig, "civic-operator-1")?;
+    let operator = Operator::start(&kubeconfig, "civic-operator-0")?;
+    let replica = Operator::start(&kubeconfig, "civic-operator-1")?;
     let addr = operator.webhook_addr().await?;
     let replica_addr = replica.webhook_addr().await?;
     ensure!(

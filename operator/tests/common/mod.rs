@@ -1,0 +1,480 @@
+//! The harness the operator's real-apiserver test binaries share: the operator process with its
+//! captured output, cluster setup (CRD, the chart's RBAC, namespaces), and small API helpers.
+//! Each binary uses only part of it, hence the `dead_code` allowances.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use civic_operator::crd::CivicIntegration;
+use civic_testkit::apiserver::KubeApiServer;
+use civic_testkit::auth::FakeCivicAuth;
+use civic_testkit::secrets::{self, CLIENT_ID, CLIENT_SECRET, CLIENT_SECRET_WRONG};
+use civic_testkit::tls::TestCa;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+pub const OPERATOR_NS: &str = "civic-system";
+/// Fixed by `charts/civic-mcp/templates/rbac.yaml`.
+pub const SA_NAME: &str = "civic-mcp-operator";
+pub const LEASE: &str = "civic-mcp-operator";
+pub const TEAM: &str = "team";
+pub const CI_NAME: &str = "civic";
+pub const SECRET_NAME: &str = "civic-credentials";
+/// Fixed by the chart (`civic-mcp.webhookConfigName`); `rbac.yaml` grants access by this name.
+pub const WEBHOOK_CONFIG: &str = "civic-mcp";
+/// Fixed by the chart (`civic-mcp.webhookCertSecretName`, self-managed mode).
+pub const CERT_SECRET: &str = "civic-mcp-webhook-tls";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Polls `check` every 100 ms until it returns `Ok(Some(_))`, at most `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    eventually_every(what, limit, Duration::from_millis(100), check).await
+}
+
+/// Polls `check` every 200 ms until it returns `Ok(Some(_))`, at most `limit` (the pace of
+/// the webhook and chart tiers).
+pub async fn eventually_slowly<T, F, Fut>(
+    what: &str,
+    limit: Duration,
+    check: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    eventually_every(what, limit, Duration::from_millis(200), check).await
+}
+
+/// Polls `check` every `every` until it returns `Ok(Some(_))`, at most `limit`.
+pub async fn eventually_every<T, F, Fut>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut check: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        let last = match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => "not yet".to_owned(),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() > deadline {
+            bail!("{what}: not true after {limit:?} (last: {last})");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// A spawned `civic-operator`, its stdout and stderr copied to `target/civic-test-logs/` and kept
+/// in memory; killed and its output scanned for secrets when stopped or dropped.
+pub struct Process {
+    pub name: String,
+    child: Mutex<Child>,
+    lines: Arc<Mutex<Vec<String>>>,
+    pub log_path: PathBuf,
+    stopped: AtomicBool,
+}
+
+impl Process {
+    /// Spawns `cmd` (the caller sets env and flags) with piped output, logged to `log_file`.
+    pub fn spawn(name: &str, mut cmd: Command, log_file: &str) -> anyhow::Result<Self> {
+        let log_path = civic_testkit::fs::test_logs_dir().join(log_file);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawn civic-operator")?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let file = Arc::new(Mutex::new(std::fs::File::create(&log_path)?));
+        for out in [
+            Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("piped")),
+        ] {
+            let (lines, file) = (lines.clone(), file.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let _ = writeln!(file.lock().unwrap(), "{line}");
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        Ok(Self {
+            name: name.into(),
+            child: Mutex::new(child),
+            lines,
+            log_path,
+            stopped: AtomicBool::new(false),
+        })
+    }
+
+    /// The first address logged on a line containing `marker` (e.g. "webhook listening");
+    /// fails early if the process exits first.
+    pub async fn logged_addr(&self, marker: &str, limit: Duration) -> anyhow::Result<SocketAddr> {
+        eventually(
+            &format!("operator {} logging {marker:?}", self.name),
+            limit,
+            || async {
+                let found = self.find_addr(marker);
+                if found.is_none() && !self.running() {
+                    bail!("operator {} exited:\n{}", self.name, self.output());
+                }
+                Ok(found)
+            },
+        )
+        .await
+    }
+
+    /// The address logged on a line containing `marker`, if any yet.
+    pub fn find_addr(&self, marker: &str) -> Option<SocketAddr> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| civic_testkit::process::listening_addr(l, marker))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap().id()
+    }
+
+    pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let pid = self.pid();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()?
+            .success();
+        ensure!(ok, "kill {sig} {pid}");
+        Ok(())
+    }
+
+    pub fn running(&self) -> bool {
+        matches!(self.child.lock().unwrap().try_wait(), Ok(None))
+    }
+
+    /// Waits for the process to exit; returns whether it exited successfully.
+    pub async fn wait_exit(&self, limit: Duration) -> anyhow::Result<bool> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.lock().unwrap().try_wait()? {
+                return Ok(status.success());
+            }
+            if Instant::now() > deadline {
+                bail!("operator {} still running after {limit:?}", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Lines logged since `from` (an index from [`Self::line_count`]).
+    pub fn output_since(&self, from: usize) -> String {
+        let lines = self.lines.lock().unwrap();
+        lines.get(from..).unwrap_or_default().join("\n")
+    }
+
+    pub fn line_count(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// Kills the process (a stopped one too) and fails the test if its output holds a secret.
+    pub fn stop(&self) {
+        if self.stopped.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        {
+            let mut child = self.child.lock().unwrap();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Give the reader threads a moment to drain the pipes.
+        std::thread::sleep(Duration::from_millis(50));
+        let leaks = secrets::find_leaks(&self.output(), &secrets::known_secrets());
+        if !leaks.is_empty() && !std::thread::panicking() {
+            panic!(
+                "secrets in the output of operator {} ({}): {leaks:?}",
+                self.name,
+                self.log_path.display()
+            );
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The operator's `/metrics` text from its admin listener.
+pub async fn metrics_text(admin: SocketAddr) -> anyhow::Result<String> {
+    let r = civic_testkit::client::get(admin, "/metrics").await?;
+    ensure!(r.status == 200, "/metrics answered {}", r.status);
+    Ok(r.text())
+}
+
+/// The value of one sample of a Prometheus text, e.g. `civic_operator_leader`.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A cluster with the CRD, the chart's RBAC and the namespaces installed, a fake Civic Auth
+/// over TLS, and a kubeconfig for the operator's ServiceAccount.
+pub struct Env {
+    pub cluster: KubeApiServer,
+    pub admin: Client,
+    pub auth: FakeCivicAuth,
+    pub ca: TestCa,
+    pub kubeconfig: PathBuf,
+}
+
+/// `default_service_accounts`: create each namespace's `default` ServiceAccount too (there is
+/// no controller-manager in this tier to do it).
+pub async fn setup(
+    crd_established_within: Duration,
+    default_service_accounts: bool,
+) -> anyhow::Result<Env> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sa_user = KubeApiServer::service_account_user(OPERATOR_NS, SA_NAME);
+    let cluster = KubeApiServer::builder()
+        .service_account(OPERATOR_NS, SA_NAME)
+        .start()
+        .await
+        .context("starting etcd + kube-apiserver (build them with scripts/kube/build.sh)")?;
+    let admin = cluster.admin_client().await?;
+    for ns in [OPERATOR_NS, TEAM] {
+        if default_service_accounts {
+            create_namespace(&admin, ns, json!({})).await?;
+        } else {
+            let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
+            Api::<Namespace>::all(admin.clone())
+                .create(&PostParams::default(), &ns)
+                .await?;
+        }
+    }
+    install_crd(&admin, crd_established_within).await?;
+    install_rbac(&admin).await?;
+    let ca = TestCa::new()?;
+    let auth = FakeCivicAuth::start_tls(&ca).await?;
+    secrets::register_secret(CLIENT_SECRET);
+    secrets::register_secret(CLIENT_SECRET_WRONG);
+    let kubeconfig = cluster.write_kubeconfig(&sa_user)?;
+    Ok(Env {
+        cluster,
+        admin,
+        auth,
+        ca,
+        kubeconfig,
+    })
+}
+
+/// A namespace with a `default` ServiceAccount (no controller-manager here: the 1.20
+/// ServiceAccount admission plugin wants the account to exist before pods are created).
+pub async fn create_namespace(admin: &Client, name: &str, labels: Value) -> anyhow::Result<()> {
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))?;
+    Api::<Namespace>::all(admin.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "default"}}))?;
+    Api::<ServiceAccount>::namespaced(admin.clone(), name)
+        .create(&PostParams::default(), &sa)
+        .await?;
+    Ok(())
+}
+
+/// The checked-in CRD (a drift test keeps it equal to `civic-operator crd`).
+pub async fn install_crd(admin: &Client, established_within: Duration) -> anyhow::Result<()> {
+    let yaml =
+        std::fs::read_to_string(repo_root().join("crds/civicintegrations.mcp.civic.com.yaml"))?;
+    let crd: CustomResourceDefinition = serde_yaml_ng::from_str(&yaml)?;
+    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+    crds.create(&PostParams::default(), &crd)
+        .await
+        .context("the 1.20 apiserver must accept the generated CRD")?;
+    eventually("CRD established", established_within, || async {
+        let crd = crds.get("civicintegrations.mcp.civic.com").await?;
+        let established = crd
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        Ok(established.then_some(()))
+    })
+    .await
+}
+
+/// `charts/civic-mcp/templates/rbac.yaml`, rendered by substituting the release namespace.
+pub fn chart_rbac() -> anyhow::Result<Vec<Value>> {
+    let template =
+        std::fs::read_to_string(repo_root().join("charts/civic-mcp/templates/rbac.yaml"))?;
+    let rendered = template.replace("{{ .Release.Namespace }}", OPERATOR_NS);
+    ensure!(
+        !rendered.contains("{{"),
+        "rbac.yaml must only template the release namespace"
+    );
+    let mut docs = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&rendered) {
+        let value = serde_json::to_value(
+            <serde_yaml_ng::Value as serde::Deserialize>::deserialize(doc)?,
+        )?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+/// Applies the chart's RBAC, which must hold each kind the operator is bound by.
+pub async fn install_rbac(admin: &Client) -> anyhow::Result<()> {
+    let docs = chart_rbac()?;
+    for k in ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"] {
+        ensure!(docs.iter().any(|d| d["kind"] == k), "rbac.yaml lacks a {k}");
+    }
+    apply_all(admin, docs).await
+}
+
+/// Server-side applies every object (any kind) as the admin.
+pub async fn apply_all(admin: &Client, docs: Vec<Value>) -> anyhow::Result<()> {
+    for value in docs {
+        let obj: DynamicObject = serde_json::from_value(value.clone())?;
+        let tm = obj.types.clone().context("apiVersion/kind")?;
+        let (group, version) = tm
+            .api_version
+            .split_once('/')
+            .unwrap_or(("", tm.api_version.as_str()));
+        let plural = format!("{}s", tm.kind.to_ascii_lowercase()).replace("policys", "policies");
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(group, version, &tm.kind),
+            &plural,
+        );
+        let api: Api<DynamicObject> = match obj.namespace() {
+            Some(ns) => Api::namespaced_with(admin.clone(), &ns, &ar),
+            None => Api::all_with(admin.clone(), &ar),
+        };
+        api.patch(
+            &obj.name_any(),
+            &PatchParams::apply("civic-test").force(),
+            &Patch::Apply(&value),
+        )
+        .await
+        .with_context(|| format!("applying {} {}", tm.kind, obj.name_any()))?;
+    }
+    Ok(())
+}
+
+/// A valid integration `name` in `TEAM` for pods labelled `app: support-agent`.
+pub fn integration(name: &str, token_url: &str) -> Value {
+    json!({
+        "apiVersion": "mcp.civic.com/v1alpha1",
+        "kind": "CivicIntegration",
+        "metadata": {"name": name, "namespace": TEAM},
+        "spec": {
+            "clientId": CLIENT_ID,
+            "clientSecretRef": {"name": SECRET_NAME, "key": "client-secret"},
+            "tokenUrl": token_url,
+            "bindings": [{
+                "name": "support",
+                "podSelector": {"matchLabels": {"app": "support-agent"}},
+                "profileId": secrets::PROFILE_ID,
+                "subject": {"serviceAccountToken": {"audience": "civic"}},
+            }],
+        },
+    })
+}
+
+/// Creates an integration from raw JSON (some test bodies are invalid on purpose, so they
+/// cannot go through the Rust type).
+pub async fn create_integration(admin: &Client, body: Value) -> Result<DynamicObject, kube::Error> {
+    let ar = ApiResource::erase::<CivicIntegration>(&());
+    let obj: DynamicObject = serde_json::from_value(body).expect("an object");
+    Api::<DynamicObject>::namespaced_with(admin.clone(), TEAM, &ar)
+        .create(&PostParams::default(), &obj)
+        .await
+}
+
+/// Sets the client secret the integrations in `TEAM` reference.
+pub async fn put_secret(admin: &Client, value: &str) -> anyhow::Result<()> {
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": SECRET_NAME, "namespace": TEAM},
+        "stringData": {"client-secret": value},
+    }))?;
+    Api::<Secret>::namespaced(admin.clone(), TEAM)
+        .patch(
+            SECRET_NAME,
+            &PatchParams::apply("civic-test").force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The leader-election Lease's holder; `None` when absent or released.
+pub async fn lease_holder(admin: &Client) -> anyhow::Result<Option<String>> {
+    let lease = Api::<Lease>::namespaced(admin.clone(), OPERATOR_NS)
+        .get_opt(LEASE)
+        .await?;
+    Ok(lease
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty()))
+}
+
+/// Whether a TLS client that trusts only the certificates of `ca_pem` and asks for `name`
+/// accepts the certificate served at `addr`.
+pub async fn webhook_trusted_by(
+    addr: SocketAddr,
+    ca_pem: &str,
+    name: rustls_pki_types::ServerName<'static>,
+) -> anyhow::Result<bool> {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    Ok(
+        tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+            .await
+            .context("handshake timed out")?
+            .is_ok(),
+    )
+}
