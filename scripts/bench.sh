@@ -3,6 +3,7 @@
 # cache under load and the webhook handler (DESIGN.md §7, docs/performance.md).
 # Builds release binaries, installs nginx and wrk from Debian if missing, runs civic-bench.
 # Usage: scripts/bench.sh [--quick] [--pin-cpu 1] [--only proxy,memory,tokens,webhook] [...]
+#        CIVIC_BENCH_MUSL=1 scripts/bench.sh ...   measure the static musl sidecar the image ships
 # Writes target/bench/latest.json and target/bench/latest.md. Not part of the default tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,9 +19,20 @@ fi
 
 echo "== building release binaries" >&2
 cargo build --release --locked -p civic-sidecar -p civic-bench >&2
+sidecar=target/release/civic-sidecar
+if [ "${CIVIC_BENCH_MUSL:-0}" = 1 ]; then
+  musl=x86_64-unknown-linux-musl
+  rustup target list --installed | grep -qx "$musl" || rustup target add "$musl" >&2
+  command -v musl-gcc >/dev/null || {
+    echo "bench: musl-gcc missing: apt-get install musl-tools" >&2
+    exit 1
+  }
+  CARGO_TARGET_DIR=target/musl cargo build --release --locked --target "$musl" -p civic-sidecar >&2
+  sidecar="target/musl/$musl/release/civic-sidecar"
+fi
 
 # 1,000 SSE streams through a proxy hold ~3,000 sockets in the processes of this run.
 ulimit -n 65536 2>/dev/null || ulimit -n 16384 2>/dev/null || true
 
 uptime >&2
-exec target/release/civic-bench --sidecar-bin target/release/civic-sidecar "$@"
+exec target/release/civic-bench --sidecar-bin "$sidecar" "$@"
