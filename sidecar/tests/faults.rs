@@ -27,12 +27,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use civic_sidecar::contract as c;
+use civic_testkit::client::KeepAlive;
 use civic_testkit::secrets::{CLIENT_SECRET, CLIENT_SECRET_ROTATED};
 use civic_testkit::{AuthReply, HubReply, Readiness, SseStep, client, jwt};
 use common::{Env, Setup, Subject, assert_sidecar_error};
 use http::{Method, header};
-use http_body_util::{BodyExt as _, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -712,42 +712,6 @@ async fn hub_cut_mid_stream_workload_sees_truncated_stream_not_clean_end() {
     env.finish();
 }
 
-/// A kept-alive workload connection over which several requests go.
-struct KeepAlive {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    addr: SocketAddr,
-    _task: JoinHandle<()>,
-}
-
-impl KeepAlive {
-    async fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        let task = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Self {
-            sender,
-            addr,
-            _task: task,
-        }
-    }
-
-    async fn call(&mut self, id: u64) -> anyhow::Result<u16> {
-        let req = client::mcp_request(self.addr, Method::POST).body(Full::new(Bytes::from(
-            client::jsonrpc(id, "tools/list").to_string(),
-        )))?;
-        self.sender.ready().await?;
-        let resp =
-            tokio::time::timeout(Duration::from_secs(10), self.sender.send_request(req)).await??;
-        let status = resp.status().as_u16();
-        resp.into_body().collect().await?;
-        Ok(status)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_closes_idle_connections_next_request_reconnects() {
     let relay = Relay::start().await;
@@ -759,10 +723,10 @@ async fn hub_closes_idle_connections_next_request_reconnects() {
     .start_with(|_, hub| relay.set_target(hub.addr()))
     .await
     .unwrap();
-    let mut conn = KeepAlive::connect(env.addr()).await;
+    let mut conn = KeepAlive::connect(env.addr()).await.unwrap();
     let mut statuses = Vec::new();
     for i in 0..6 {
-        statuses.push(conn.call(i).await.unwrap());
+        statuses.push(conn.call(i).await.unwrap().0);
         // Longer than the hub's idle timeout: the upstream connection is gone by the next one.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -778,7 +742,7 @@ async fn hub_closes_idle_connections_next_request_reconnects() {
     );
     // Back-to-back on the same connection: reused, not reopened.
     for i in 10..15 {
-        assert_eq!(conn.call(i).await.unwrap(), 200);
+        assert_eq!(conn.call(i).await.unwrap().0, 200);
     }
     assert_eq!(relay.accepted(), 7, "kept alive while in use");
     assert_alive(&mut env).await;

@@ -10,20 +10,18 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use civic_testkit::client::KeepAlive;
 use civic_testkit::hub::default_reply;
 use civic_testkit::{AuthReply, HubReply, SseStep, client, jwt};
 use common::Setup;
 use http::Method;
-use http_body_util::{BodyExt as _, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use serde_json::json;
-use tokio::net::TcpStream;
 
 const DEFAULT_SECS: u64 = 45;
 const DEFAULT_STREAMS: usize = 1_000;
@@ -68,41 +66,10 @@ fn event(stream: usize, n: u64) -> String {
     }))
 }
 
-/// A kept-alive workload connection that sends `tools/list` calls one after another.
-struct KeepAlive {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    addr: SocketAddr,
-    _task: tokio::task::JoinHandle<()>,
-}
-
-impl KeepAlive {
-    async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(addr).await?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        let task = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Self {
-            sender,
-            addr,
-            _task: task,
-        })
-    }
-
-    /// Status and whether the body echoed this call's id.
-    async fn call(&mut self, id: u64) -> anyhow::Result<(u16, bool)> {
-        let req = client::mcp_request(self.addr, Method::POST).body(Full::new(Bytes::from(
-            client::jsonrpc(id, "tools/list").to_string(),
-        )))?;
-        self.sender.ready().await?;
-        let resp =
-            tokio::time::timeout(Duration::from_secs(10), self.sender.send_request(req)).await??;
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await?.to_bytes();
-        let echoed = serde_json::from_slice::<serde_json::Value>(&body)
-            .is_ok_and(|v| v["id"] == id && v["result"]["echo"] == "tools/list");
-        Ok((status, echoed))
-    }
+/// Whether the hub's answer is this call's own `tools/list` echo.
+fn echoes(body: &[u8], id: u64) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .is_ok_and(|v| v["id"] == id && v["result"]["echo"] == "tools/list")
 }
 
 #[derive(Debug, Default)]
@@ -252,7 +219,11 @@ async fn sustained_load_rotating_tokens_1000_streams_no_error_no_creep() {
                         conn = KeepAlive::connect(addr).await.ok();
                     }
                     let answer = match conn.as_mut() {
-                        Some(c) => c.call(id).await.ok(),
+                        Some(c) => c
+                            .call(id)
+                            .await
+                            .ok()
+                            .map(|(status, body)| (status, echoes(&body, id))),
                         None => None,
                     };
                     match answer {

@@ -18,6 +18,42 @@ use tokio::task::JoinHandle;
 /// Upper bound for any single helper call, so a broken sidecar fails the test instead of hanging.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A kept-alive workload connection over which `tools/list` calls go one after another (load and
+/// fault tests that must reuse one connection, unlike the one-request helpers below).
+pub struct KeepAlive {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
+    _task: JoinHandle<()>,
+}
+
+impl KeepAlive {
+    pub async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Self {
+            sender,
+            addr,
+            _task: task,
+        })
+    }
+
+    /// Sends `tools/list` with this id; the status and the whole body (10 s bound).
+    pub async fn call(&mut self, id: u64) -> anyhow::Result<(u16, Bytes)> {
+        let req = mcp_request(self.addr, Method::POST).body(Full::new(Bytes::from(
+            jsonrpc(id, "tools/list").to_string(),
+        )))?;
+        self.sender.ready().await?;
+        let resp =
+            tokio::time::timeout(Duration::from_secs(10), self.sender.send_request(req)).await??;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+}
+
 /// A complete response.
 #[derive(Debug, Clone)]
 pub struct HttpResponse {
