@@ -64,6 +64,18 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Nothing recorded yet (a worker's start, and the merge of all workers).
+    fn empty(recorded_from: Instant) -> Self {
+        Outcome {
+            latency: histogram(),
+            statuses: BTreeMap::new(),
+            errors: 0,
+            held: 0,
+            timeline: Vec::new(),
+            recorded_from,
+        }
+    }
+
     pub fn ok(&self) -> u64 {
         self.statuses.get(&200).copied().unwrap_or(0)
     }
@@ -115,14 +127,7 @@ pub fn run(spec: &Spec) -> Result<Outcome> {
                 .map_err(|e| BenchError::io("open-loop thread", e))
         })
         .collect::<Result<_>>()?;
-    let mut out = Outcome {
-        latency: histogram(),
-        statuses: BTreeMap::new(),
-        errors: 0,
-        held: 0,
-        timeline: Vec::new(),
-        recorded_from,
-    };
+    let mut out = Outcome::empty(recorded_from);
     for t in threads {
         let part = t
             .join()
@@ -155,14 +160,7 @@ fn worker(
         .build()
         .map_err(|e| BenchError::io("open-loop runtime", e))?;
     let mut conn: Option<Connection> = Some(rt.block_on(spec.target.connect())?);
-    let mut out = Outcome {
-        latency: histogram(),
-        statuses: BTreeMap::new(),
-        errors: 0,
-        held: 0,
-        timeline: Vec::new(),
-        recorded_from,
-    };
+    let mut out = Outcome::empty(recorded_from);
     let mut prev_done = t0;
     let mut i = first;
     while i < total {
