@@ -27,7 +27,7 @@ use crate::guard::{OriginPolicy, is_loopback_authority};
 use crate::headers::{RequestRewrite, rewrite_response, strip_profile_params};
 use crate::metrics::Metrics;
 use crate::token::{Token, TokenSource};
-use crate::upstream::{Upstream, UpstreamSlot};
+use crate::upstream::{HubDriver, Upstream, UpstreamSlot};
 
 /// Bodies up to this size are buffered whole, so a request can be replayed after a 401.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
@@ -58,7 +58,15 @@ impl<E> std::fmt::Debug for Proxy<E> {
 #[derive(Debug, Default)]
 pub struct Connection {
     slot: Mutex<UpstreamSlot>,
+    hub: HubDriver,
     user_agents: std::sync::Mutex<Option<(HeaderValue, HeaderValue)>>,
+}
+
+impl Connection {
+    /// Runs the workload connection's server future, driving its hub connection in the same task.
+    pub async fn serve<F: std::future::Future + Unpin>(&self, workload: F) -> F::Output {
+        self.hub.drive(workload).await
+    }
 }
 
 impl<E: Exchange> Proxy<E> {
@@ -182,7 +190,8 @@ impl<E: Exchange> Proxy<E> {
             other => other?,
         };
         if response.status() == StatusCode::UNAUTHORIZED {
-            response = self.after_unauthorized(connection, &token, replay).await?;
+            // Boxed: rare, and inline it would double the size of every request's future.
+            response = Box::pin(self.after_unauthorized(connection, &token, replay)).await?;
         }
         Ok(self.relay(response))
     }
@@ -226,7 +235,7 @@ impl<E: Exchange> Proxy<E> {
     ) -> Result<Response<Incoming>, ProxyError> {
         let started = Instant::now();
         let mut slot = connection.slot.lock().await;
-        let response = slot.send(&self.upstream, request).await;
+        let response = slot.send(&self.upstream, &connection.hub, request).await;
         self.metrics
             .upstream_duration
             .observe(started.elapsed().as_secs_f64());

@@ -203,6 +203,7 @@ async fn serve_proxy(
 ) {
     let _ = stream.set_nodelay(true);
     let connection = proxy.connection();
+    let hub = connection.clone();
     let service = service_fn(move |request| {
         let proxy = proxy.clone();
         let connection = connection.clone();
@@ -211,11 +212,11 @@ async fn serve_proxy(
     let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let result = tokio::select! {
-        result = conn.as_mut() => result,
+        result = hub.serve(conn.as_mut()) => result,
         () = stopped(&mut stop) => {
             // Finish the request in flight (and its stream), then close.
             conn.as_mut().graceful_shutdown();
-            conn.await
+            hub.serve(conn.as_mut()).await
         }
     };
     if let Err(e) = result {

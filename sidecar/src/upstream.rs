@@ -1,8 +1,13 @@
 //! Connections to the hub. Each workload connection lazily opens one HTTP/1.1 connection to the
 //! hub and reuses it for its requests ([`UpstreamSlot`]); measured here, that beats a shared pool
-//! (DESIGN.md §7). TLS is rustls with the shared client configuration; `http://` only on loopback.
+//! (DESIGN.md §7). The hub connection is driven by the workload connection's own task
+//! ([`HubDriver`]), like nginx's one event loop: no task hand-off per request, no task per hub
+//! connection. TLS is rustls with the shared client configuration; `http://` only on loopback.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -11,7 +16,6 @@ use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio::task::AbortHandle;
 use tokio_rustls::TlsConnector;
 use url::Url;
 
@@ -91,8 +95,8 @@ impl Upstream {
         })
     }
 
-    /// Opens a connection; its driver task runs until the connection closes or is aborted.
-    pub async fn connect(&self) -> Result<(SendRequest<RequestBody>, AbortHandle), ProxyError> {
+    /// Opens a connection; it makes progress only while its future is polled ([`HubDriver`]).
+    async fn connect(&self) -> Result<(SendRequest<RequestBody>, BoxedConnection), ProxyError> {
         let result = tokio::time::timeout(self.connect_timeout, self.handshake()).await;
         let label = match &result {
             Ok(Ok(_)) => "ok",
@@ -103,23 +107,17 @@ impl Upstream {
             .upstream_connections
             .with_label_values(&[label])
             .inc();
-        let (sender, connection) = match result {
-            Ok(Ok(pair)) => pair,
+        match result {
+            Ok(Ok(pair)) => Ok(pair),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot connect to the hub");
-                return Err(e);
+                Err(e)
             }
             Err(_) => {
                 tracing::warn!("timed out connecting to the hub");
-                return Err(ProxyError::UpstreamConnectTimeout);
+                Err(ProxyError::UpstreamConnectTimeout)
             }
-        };
-        let task = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "hub connection ended with an error");
-            }
-        });
-        Ok((sender, task.abort_handle()))
+        }
     }
 
     async fn handshake(&self) -> Result<(SendRequest<RequestBody>, BoxedConnection), ProxyError> {
@@ -164,15 +162,84 @@ fn upstream_error(error: hyper::Error) -> ProxyError {
     ProxyError::Upstream(error.to_string())
 }
 
-type BoxedConnection =
-    std::pin::Pin<Box<dyn std::future::Future<Output = hyper::Result<()>> + Send>>;
+type BoxedConnection = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
 
-/// One workload connection's hub connection, opened on first use and reopened when it closes.
-/// Dropping the slot (the workload connection ended) closes the hub connection at once.
+/// Drives one workload connection's hub connection from the workload connection's task: that
+/// task polls [`HubDriver::drive`] around its own HTTP server future, and the request path
+/// installs each newly opened hub connection here. Dropping the driver (the workload connection
+/// ended) or replacing its connection closes the hub connection at once.
+#[derive(Default)]
+pub struct HubDriver {
+    state: Mutex<DriverState>,
+}
+
+#[derive(Default)]
+struct DriverState {
+    connection: Option<BoxedConnection>,
+    /// The driving task, woken when a connection is installed.
+    waker: Option<Waker>,
+}
+
+impl std::fmt::Debug for HubDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubDriver")
+            .field("connected", &self.lock().connection.is_some())
+            .finish()
+    }
+}
+
+impl HubDriver {
+    /// Runs `workload` (the workload connection's server future) to completion while polling the
+    /// hub connection in the same task, before it on every wake-up so that a response or body
+    /// chunk read from the hub is relayed in the same pass.
+    pub async fn drive<F: Future + Unpin>(&self, mut workload: F) -> F::Output {
+        std::future::poll_fn(|cx| {
+            self.poll_connection(cx);
+            Pin::new(&mut workload).poll(cx)
+        })
+        .await
+    }
+
+    /// Never holds the lock across anything but this poll: the request path (which installs)
+    /// runs inside the workload future, after this returns.
+    fn poll_connection(&self, cx: &mut Context<'_>) {
+        let mut state = self.lock();
+        if !state
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            state.waker = Some(cx.waker().clone());
+        }
+        if let Some(connection) = state.connection.as_mut()
+            && let Poll::Ready(result) = connection.as_mut().poll(cx)
+        {
+            state.connection = None;
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "hub connection ended with an error");
+            }
+        }
+    }
+
+    fn install(&self, connection: Option<BoxedConnection>) {
+        let mut state = self.lock();
+        // The old connection (if any) is dropped here, closing its socket.
+        state.connection = connection;
+        if let Some(waker) = state.waker.as_ref() {
+            waker.wake_by_ref();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, DriverState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One workload connection's hub connection, opened on first use and reopened when it closes;
+/// it is driven by the [`HubDriver`] passed to [`send`](Self::send).
 #[derive(Debug, Default)]
 pub struct UpstreamSlot {
     sender: Option<SendRequest<RequestBody>>,
-    task: Option<AbortHandle>,
 }
 
 impl UpstreamSlot {
@@ -181,21 +248,23 @@ impl UpstreamSlot {
     pub async fn send(
         &mut self,
         upstream: &Upstream,
+        driver: &HubDriver,
         mut request: http::Request<RequestBody>,
     ) -> Result<http::Response<Incoming>, ProxyError> {
         loop {
-            let reused = self.ready().await;
+            let reused = self.ready(driver).await;
             if !reused {
-                let (sender, task) = upstream.connect().await?;
-                self.close();
+                // Boxed: the connect future (TLS handshake state) is large and rarely live;
+                // inline it would grow every workload connection's in-flight request.
+                let (sender, connection) = Box::pin(upstream.connect()).await?;
+                driver.install(Some(connection));
                 self.sender = Some(sender);
-                self.task = Some(task);
             }
             let sender = self.sender.as_mut().expect("connected above");
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(response),
                 Err(mut e) => {
-                    self.close();
+                    self.close(driver);
                     match e.take_message() {
                         // Never written: the kept-alive connection was already gone.
                         Some(unsent) if reused => {
@@ -212,27 +281,19 @@ impl UpstreamSlot {
     }
 
     /// Whether the current connection can take a request (waits for the previous response body).
-    async fn ready(&mut self) -> bool {
+    async fn ready(&mut self, driver: &HubDriver) -> bool {
         let Some(sender) = self.sender.as_mut() else {
             return false;
         };
         if sender.is_closed() || sender.ready().await.is_err() {
-            self.close();
+            self.close(driver);
             return false;
         }
         true
     }
 
-    fn close(&mut self) {
+    fn close(&mut self, driver: &HubDriver) {
         self.sender = None;
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-impl Drop for UpstreamSlot {
-    fn drop(&mut self) {
-        self.close();
+        driver.install(None);
     }
 }
