@@ -18,7 +18,10 @@ if ! have nginx || ! have wrk; then
 fi
 
 echo "== building release binaries" >&2
-cargo build --release --locked -p civic-sidecar -p civic-bench >&2
+# Two builds, not one: built together, cargo unifies the features of their shared dependencies
+# and the sidecar binary would carry the bench's (bigger, slower to start) instead of what ships.
+cargo build --release --locked -p civic-sidecar >&2
+cargo build --release --locked -p civic-bench >&2
 sidecar=target/release/civic-sidecar
 if [ "${CIVIC_BENCH_MUSL:-0}" = 1 ]; then
   musl=x86_64-unknown-linux-musl
