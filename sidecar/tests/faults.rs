@@ -21,7 +21,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -61,13 +61,16 @@ enum Fault {
 struct RelayState {
     target: Mutex<Option<SocketAddr>>,
     accepted: AtomicUsize,
+    /// The generation of the last fault the accept loop has put in place.
+    applied: AtomicU64,
 }
 
 /// A relay on 127.0.0.1; its faults apply to connections accepted after [`Relay::set`].
 struct Relay {
     addr: SocketAddr,
     state: Arc<RelayState>,
-    fault: watch::Sender<Fault>,
+    /// The fault, with a generation that [`Relay::set`] waits for the accept loop to apply.
+    fault: watch::Sender<(u64, Fault)>,
     task: JoinHandle<()>,
 }
 
@@ -78,8 +81,9 @@ impl Relay {
         let state = Arc::new(RelayState {
             target: Mutex::new(None),
             accepted: AtomicUsize::new(0),
+            applied: AtomicU64::new(0),
         });
-        let (fault, rx) = watch::channel(Fault::None);
+        let (fault, rx) = watch::channel((0, Fault::None));
         let task = tokio::spawn(accept_loop(addr, listener, state.clone(), rx));
         Self {
             addr,
@@ -94,8 +98,17 @@ impl Relay {
         *self.state.target.lock().unwrap() = Some(target);
     }
 
-    fn set(&self, fault: Fault) {
-        self.fault.send_replace(fault);
+    /// Returns once the accept loop applies `fault`: a connection the sidecar opens after this
+    /// returns sees it (without the wait, a connect racing the relay's own task could still be
+    /// accepted by the old listener).
+    async fn set(&self, fault: Fault) {
+        let generation = self.fault.borrow().0 + 1;
+        self.fault.send_replace((generation, fault));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.state.applied.load(Ordering::SeqCst) < generation {
+            assert!(Instant::now() < deadline, "relay did not apply {fault:?}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -118,13 +131,14 @@ async fn accept_loop(
     addr: SocketAddr,
     first: TcpListener,
     state: Arc<RelayState>,
-    mut rx: watch::Receiver<Fault>,
+    mut rx: watch::Receiver<(u64, Fault)>,
 ) {
     let mut listener = Some(first);
     loop {
-        let fault = *rx.borrow_and_update();
+        let (generation, fault) = *rx.borrow_and_update();
         if fault == Fault::Refuse {
             listener = None;
+            state.applied.store(generation, Ordering::SeqCst);
             if rx.changed().await.is_err() {
                 return;
             }
@@ -146,6 +160,7 @@ async fn accept_loop(
             };
         }
         let l = listener.as_ref().expect("bound above");
+        state.applied.store(generation, Ordering::SeqCst);
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },
             accepted = l.accept() => if let Ok((stream, _)) = accepted {
@@ -295,7 +310,7 @@ fn assert_retry_after(r: &client::HttpResponse, range: std::ops::RangeInclusive<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_refused_503_bounded_attempts_then_recovers() {
     let relay = Relay::start().await;
-    relay.set(Fault::Refuse);
+    relay.set(Fault::Refuse).await;
     let mut env = Setup::new("auth_refused_503_bounded_attempts_then_recovers")
         .readiness(Readiness::Live)
         .env(c::ENV_TOKEN_URL, relay.url("/oauth/token"))
@@ -324,7 +339,7 @@ async fn auth_refused_503_bounded_attempts_then_recovers() {
     assert_eq!(code, 503);
     assert!(text.contains("cannot reach the token endpoint"), "{text}");
 
-    relay.set(Fault::None);
+    relay.set(Fault::None).await;
     let took = recovers(&env, Duration::from_secs(20)).await;
     eprintln!(
         "auth refused: {} requests answered 503, {attempts} attempts in {window:?}, recovered after {took:?}",
@@ -347,7 +362,7 @@ async fn auth_refused_503_bounded_attempts_then_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_resets_connections_503_then_recovers() {
     let relay = Relay::start().await;
-    relay.set(Fault::Reset);
+    relay.set(Fault::Reset).await;
     let mut env = Setup::new("auth_resets_connections_503_then_recovers")
         .readiness(Readiness::Live)
         .env(c::ENV_TOKEN_URL, relay.url("/oauth/token"))
@@ -366,7 +381,7 @@ async fn auth_resets_connections_503_then_recovers() {
         accepted <= 2 * attempts as usize,
         "{accepted} connections for {attempts} attempts"
     );
-    relay.set(Fault::None);
+    relay.set(Fault::None).await;
     assert!(recovers(&env, Duration::from_secs(20)).await.is_some());
     assert_alive(&mut env).await;
     env.finish();
@@ -376,7 +391,7 @@ async fn auth_resets_connections_503_then_recovers() {
 async fn auth_black_hole_times_out_once_for_all_waiting_requests() {
     // Header mode: no warmer, so the first workload requests start the one exchange.
     let relay = Relay::start().await;
-    relay.set(Fault::Blackhole);
+    relay.set(Fault::Blackhole).await;
     let mut env = Setup::new("auth_black_hole_times_out_once_for_all_waiting_requests")
         .subject(Subject::Header("authorization".into()))
         .env(c::ENV_EXCHANGE_TIMEOUT_SECONDS, "1")
@@ -421,7 +436,7 @@ async fn auth_black_hole_times_out_once_for_all_waiting_requests() {
         1,
         "one exchange (single flight) for 50 waiting requests"
     );
-    relay.set(Fault::None);
+    relay.set(Fault::None).await;
     let req = || {
         env.request(Method::POST)
             .header(header::AUTHORIZATION, format!("Bearer {subject}"))
@@ -589,7 +604,7 @@ async fn hub_refused_502_no_reexchange_then_recovers() {
         .await
         .unwrap();
     assert_eq!(env.call(1).await.unwrap().status, 200);
-    relay.set(Fault::Refuse);
+    relay.set(Fault::Refuse).await;
     let r = env.call(2).await.unwrap();
     assert_sidecar_error(&r, 502, &["cannot reach the MCP hub"]);
     let statuses = drive(&env, Duration::from_secs(2), Duration::from_millis(20)).await;
@@ -599,7 +614,7 @@ async fn hub_refused_502_no_reexchange_then_recovers() {
         1,
         "a hub outage is not a reason to exchange again"
     );
-    relay.set(Fault::None);
+    relay.set(Fault::None).await;
     let took = recovers(&env, Duration::from_secs(5)).await;
     assert!(took.is_some(), "serves again at once when the hub is back");
     assert_alive(&mut env).await;
@@ -613,7 +628,7 @@ async fn hub_resets_before_response_502() {
         .start_with(|_, hub| relay.set_target(hub.addr()))
         .await
         .unwrap();
-    relay.set(Fault::Reset);
+    relay.set(Fault::Reset).await;
     for i in 0..20 {
         let r = env.call(i).await.unwrap();
         assert_sidecar_error(
@@ -623,7 +638,7 @@ async fn hub_resets_before_response_502() {
         );
     }
     assert_eq!(env.hub.request_count(), 0);
-    relay.set(Fault::None);
+    relay.set(Fault::None).await;
     assert!(recovers(&env, Duration::from_secs(5)).await.is_some());
     assert_alive(&mut env).await;
     env.finish();
@@ -639,7 +654,7 @@ async fn hub_tls_handshake_never_completes_504_after_connect_timeout() {
         .await
         .unwrap();
     assert_eq!(env.call(1).await.unwrap().status, 200, "TLS via the relay");
-    relay.set(Fault::Blackhole);
+    relay.set(Fault::Blackhole).await;
     let t0 = Instant::now();
     let r = env.call(2).await.unwrap();
     let took = t0.elapsed();
@@ -649,7 +664,7 @@ async fn hub_tls_handshake_never_completes_504_after_connect_timeout() {
         took >= Duration::from_secs(9) && took < Duration::from_secs(13),
         "connect + TLS bounded by 10 s, took {took:?}"
     );
-    relay.set(Fault::None);
+    relay.set(Fault::None).await;
     assert!(recovers(&env, Duration::from_secs(5)).await.is_some());
     assert_alive(&mut env).await;
     env.finish();
@@ -675,7 +690,7 @@ async fn hub_cut_mid_stream_workload_sees_truncated_stream_not_clean_end() {
         .collect();
     env.hub.push(HubReply::sse(events));
     // Head (~250 bytes) plus a few events, then a reset towards the sidecar.
-    relay.set(Fault::CutAfter(600));
+    relay.set(Fault::CutAfter(600)).await;
     let req = env
         .request(Method::POST)
         .body(Full::new(Bytes::from(
@@ -698,7 +713,7 @@ async fn hub_cut_mid_stream_workload_sees_truncated_stream_not_clean_end() {
         end.is_err(),
         "a cut upstream must not look like a complete stream to the workload: {end:?}"
     );
-    relay.set(Fault::None);
+    relay.set(Fault::None).await;
     assert!(recovers(&env, Duration::from_secs(5)).await.is_some());
     assert_eq!(
         metric_sum(
@@ -715,7 +730,9 @@ async fn hub_cut_mid_stream_workload_sees_truncated_stream_not_clean_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_closes_idle_connections_next_request_reconnects() {
     let relay = Relay::start().await;
-    relay.set(Fault::IdleClose(Duration::from_millis(150)));
+    relay
+        .set(Fault::IdleClose(Duration::from_millis(150)))
+        .await;
     let mut env = hub_via(
         &relay,
         "hub_closes_idle_connections_next_request_reconnects",
