@@ -191,15 +191,9 @@ fuzz_target!(|data: &[u8]| {
     let input = data.to_vec();
     let answer = w.runtime.block_on(async move {
         let (mut workload, server) = tokio::io::duplex(64 * 1024);
-        let connection = proxy.connection();
         let serve = tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let proxy = proxy.clone();
-                let connection = connection.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(&connection, request).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(server), service)
+            let _ = proxy
+                .serve_connection(TokioIo::new(server), std::future::pending())
                 .await;
         });
         let (mut read, mut write) = tokio::io::split(&mut workload);

@@ -6,6 +6,8 @@
 //! request can be replayed once after an upstream 401 with a fresh token; larger ones stream
 //! through, counted against the limit.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -16,6 +18,8 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, V
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
 use tokio::sync::Mutex;
 
 use crate::body::{BodyError, RequestBody, ResponseBody, StreamGuard};
@@ -56,16 +60,41 @@ impl<E> std::fmt::Debug for Proxy<E> {
 
 /// State of one workload connection: its hub connection and the last `User-Agent` rewrite.
 #[derive(Debug, Default)]
-pub struct Connection {
+struct Connection {
     slot: Mutex<UpstreamSlot>,
     hub: HubDriver,
     user_agents: std::sync::Mutex<Option<(HeaderValue, HeaderValue)>>,
 }
 
-impl Connection {
-    /// Runs the workload connection's server future, driving its hub connection in the same task.
-    pub async fn serve<F: std::future::Future + Unpin>(&self, workload: F) -> F::Output {
-        self.hub.drive(workload).await
+impl<E: Exchange> Proxy<E> {
+    /// Serves one workload connection (HTTP/1.1 over `io`) until it closes: every request through
+    /// the proxy, and the connection's own hub connection polled in the same task — the only
+    /// place it makes progress, which is why this is the one way in. Once `stop` completes, the
+    /// request in flight (and its stream) finishes, then the connection closes.
+    pub async fn serve_connection<I>(
+        self: Arc<Self>,
+        io: I,
+        stop: impl Future<Output = ()>,
+    ) -> hyper::Result<()>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    {
+        let connection = Arc::new(Connection::default());
+        let shared = connection.clone();
+        let service = service_fn(move |request| {
+            let proxy = self.clone();
+            let connection = shared.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(&connection, request).await) }
+        });
+        let conn = http1::Builder::new().serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            result = connection.hub.drive(conn.as_mut()) => result,
+            () = stop => {
+                conn.as_mut().graceful_shutdown();
+                connection.hub.drive(conn.as_mut()).await
+            }
+        }
     }
 }
 
@@ -104,13 +133,8 @@ impl<E: Exchange> Proxy<E> {
         }
     }
 
-    /// State for a new workload connection.
-    pub fn connection(&self) -> Arc<Connection> {
-        Arc::new(Connection::default())
-    }
-
     /// Answers one workload request.
-    pub async fn handle(
+    async fn handle(
         &self,
         connection: &Connection,
         request: Request<Incoming>,

@@ -202,23 +202,9 @@ async fn serve_proxy(
     _open: mpsc::Sender<()>,
 ) {
     let _ = stream.set_nodelay(true);
-    let connection = proxy.connection();
-    let hub = connection.clone();
-    let service = service_fn(move |request| {
-        let proxy = proxy.clone();
-        let connection = connection.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(&connection, request).await) }
-    });
-    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        result = hub.serve(conn.as_mut()) => result,
-        () = stopped(&mut stop) => {
-            // Finish the request in flight (and its stream), then close.
-            conn.as_mut().graceful_shutdown();
-            hub.serve(conn.as_mut()).await
-        }
-    };
+    let result = proxy
+        .serve_connection(TokioIo::new(stream), stopped(&mut stop))
+        .await;
     if let Err(e) = result {
         tracing::debug!(error = %e, "workload connection ended with an error");
     }
