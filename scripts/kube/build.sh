@@ -58,7 +58,8 @@ apt_install() {
 install_etcd() {
   etcd_ok || apt_install etcd-server
   etcd_ok || die "etcd is still missing after installing etcd-server"
-  etcd --version | head -1 >&2
+  # sed, not head: head exits after one line and, under pipefail, etcd's SIGPIPE failed setup.
+  etcd --version | sed -n 1p >&2
 }
 
 install_build_deps() {
