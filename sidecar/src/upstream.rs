@@ -297,3 +297,74 @@ impl UpstreamSlot {
         driver.install(None);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Sets its flag when dropped: stands in for a hub connection's socket.
+    struct DropFlag(Arc<AtomicBool>);
+
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_installed_connection_runs_in_the_workload_task() {
+        let driver = HubDriver::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let done = Arc::new(AtomicBool::new(false));
+        let finished = done.clone();
+        // The "hub connection" finishes once the workload side signals it, which it can only
+        // observe if the driver keeps polling it while the workload future waits.
+        let workload = Box::pin(async {
+            driver.install(Some(Box::pin(async move {
+                let _ = rx.await;
+                finished.store(true, Ordering::SeqCst);
+                Ok(())
+            })));
+            let _ = tx.send(());
+            while !done.load(Ordering::SeqCst) {
+                tokio::task::yield_now().await;
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(5), driver.drive(workload))
+            .await
+            .expect("the hub connection made progress inside drive");
+        assert!(
+            driver.lock().connection.is_none(),
+            "a finished connection is dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn replacing_or_dropping_the_driver_closes_the_connection_at_once() {
+        let driver = HubDriver::default();
+        let first = Arc::new(AtomicBool::new(false));
+        let guard = DropFlag(first.clone());
+        driver.install(Some(Box::pin(async move {
+            let _guard = guard;
+            std::future::pending::<hyper::Result<()>>().await
+        })));
+        driver.install(None);
+        assert!(
+            first.load(Ordering::SeqCst),
+            "replaced: the old connection is gone"
+        );
+
+        let second = Arc::new(AtomicBool::new(false));
+        let guard = DropFlag(second.clone());
+        driver.install(Some(Box::pin(async move {
+            let _guard = guard;
+            std::future::pending::<hyper::Result<()>>().await
+        })));
+        drop(driver);
+        assert!(
+            second.load(Ordering::SeqCst),
+            "dropped with its workload connection"
+        );
+    }
+}
