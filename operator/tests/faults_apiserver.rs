@@ -311,14 +311,15 @@ async fn apiserver_restart_and_expired_watches_are_survived() -> anyhow::Result<
     // status changes above can come from the reconcile's own reads, and a watch may still be in
     // its backoff (≤ 6 s) after the restarted apiserver answered 403 while its RBAC caches
     // warmed up.
-    let relisted = |watch: &str| {
-        op.output_since(lines_before).lines().any(|l| {
-            l.contains("watch expired (410 Gone): relisting")
-                && l.contains(&format!("watch=\"{watch}\""))
-        })
-    };
     let watches = ["civicintegrations", "secrets", "pods"];
     eventually("every watch relisted", Duration::from_secs(15), || {
+        let after = op.output_since(lines_before);
+        let relisted = |watch: &str| {
+            after.lines().any(|l| {
+                l.contains("watch expired (410 Gone): relisting")
+                    && l.contains(&format!("watch=\"{watch}\""))
+            })
+        };
         let pending: Vec<_> = watches.iter().filter(|w| !relisted(w)).collect();
         let outcome = if pending.is_empty() {
             Ok(Some(()))

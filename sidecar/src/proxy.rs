@@ -67,38 +67,6 @@ struct Connection {
 }
 
 impl<E: Exchange> Proxy<E> {
-    /// Serves one workload connection (HTTP/1.1 over `io`) until it closes: every request through
-    /// the proxy, and the connection's own hub connection polled in the same task — the only
-    /// place it makes progress, which is why this is the one way in. Once `stop` completes, the
-    /// request in flight (and its stream) finishes, then the connection closes.
-    pub async fn serve_connection<I>(
-        self: Arc<Self>,
-        io: I,
-        stop: impl Future<Output = ()>,
-    ) -> hyper::Result<()>
-    where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    {
-        let connection = Arc::new(Connection::default());
-        let shared = connection.clone();
-        let service = service_fn(move |request| {
-            let proxy = self.clone();
-            let connection = shared.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(&connection, request).await) }
-        });
-        let conn = http1::Builder::new().serve_connection(io, service);
-        tokio::pin!(conn);
-        tokio::select! {
-            result = connection.hub.drive(conn.as_mut()) => result,
-            () = stop => {
-                conn.as_mut().graceful_shutdown();
-                connection.hub.drive(conn.as_mut()).await
-            }
-        }
-    }
-}
-
-impl<E: Exchange> Proxy<E> {
     /// Builds the proxy for `config`, forwarding to `upstream` with tokens from `tokens`.
     pub fn new(
         config: &Config,
@@ -130,6 +98,36 @@ impl<E: Exchange> Proxy<E> {
             max_body_bytes: config.max_body_bytes,
             origins: config.allowed_origins.clone(),
             metrics,
+        }
+    }
+
+    /// Serves one workload connection (HTTP/1.1 over `io`) until it closes: every request through
+    /// the proxy, and the connection's own hub connection polled in the same task — the only
+    /// place it makes progress, which is why this is the one way in. Once `stop` completes, the
+    /// request in flight (and its stream) finishes, then the connection closes.
+    pub async fn serve_connection<I>(
+        self: Arc<Self>,
+        io: I,
+        stop: impl Future<Output = ()>,
+    ) -> hyper::Result<()>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    {
+        let connection = Arc::new(Connection::default());
+        let shared = connection.clone();
+        let service = service_fn(move |request| {
+            let proxy = self.clone();
+            let connection = shared.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(&connection, request).await) }
+        });
+        let conn = http1::Builder::new().serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            result = connection.hub.drive(conn.as_mut()) => result,
+            () = stop => {
+                conn.as_mut().graceful_shutdown();
+                connection.hub.drive(conn.as_mut()).await
+            }
         }
     }
 

@@ -21,7 +21,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,7 +62,7 @@ struct RelayState {
     target: Mutex<Option<SocketAddr>>,
     accepted: AtomicUsize,
     /// The generation of the last fault the accept loop has put in place.
-    applied: AtomicU64,
+    applied: watch::Sender<u64>,
 }
 
 /// A relay on 127.0.0.1; its faults apply to connections accepted after [`Relay::set`].
@@ -81,7 +81,7 @@ impl Relay {
         let state = Arc::new(RelayState {
             target: Mutex::new(None),
             accepted: AtomicUsize::new(0),
-            applied: AtomicU64::new(0),
+            applied: watch::Sender::new(0),
         });
         let (fault, rx) = watch::channel((0, Fault::None));
         let task = tokio::spawn(accept_loop(addr, listener, state.clone(), rx));
@@ -104,11 +104,14 @@ impl Relay {
     async fn set(&self, fault: Fault) {
         let generation = self.fault.borrow().0 + 1;
         self.fault.send_replace((generation, fault));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.state.applied.load(Ordering::SeqCst) < generation {
-            assert!(Instant::now() < deadline, "relay did not apply {fault:?}");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let mut applied = self.state.applied.subscribe();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            applied.wait_for(|g| *g >= generation),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("relay did not apply {fault:?}"))
+        .expect("the relay state outlives this call");
     }
 
     fn url(&self, path: &str) -> String {
@@ -138,7 +141,7 @@ async fn accept_loop(
         let (generation, fault) = *rx.borrow_and_update();
         if fault == Fault::Refuse {
             listener = None;
-            state.applied.store(generation, Ordering::SeqCst);
+            state.applied.send_replace(generation);
             if rx.changed().await.is_err() {
                 return;
             }
@@ -160,7 +163,7 @@ async fn accept_loop(
             };
         }
         let l = listener.as_ref().expect("bound above");
-        state.applied.store(generation, Ordering::SeqCst);
+        state.applied.send_replace(generation);
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },
             accepted = l.accept() => if let Ok((stream, _)) = accepted {
