@@ -8,7 +8,7 @@ t0=$SECONDS
 step() { printf '\n== setup: %s (%ss)\n' "$*" "$((SECONDS - t0))"; }
 
 need_apt=()
-for pair in etcd:etcd-server unzip:unzip shellcheck:shellcheck ip:iproute2 curl:curl openssl:openssl; do
+for pair in unzip:unzip shellcheck:shellcheck ip:iproute2 curl:curl openssl:openssl; do
   command -v "${pair%%:*}" >/dev/null || need_apt+=("${pair#*:}")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -40,8 +40,6 @@ if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -q '1.37.0'; t
   "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==1.37.0"
 fi
 
-if [ -x scripts/kube/build.sh ] || [ -f scripts/kube/build.sh ]; then
-  step "kube-apiserver 1.20 from Debian source (cached outside the repo)"
-  bash scripts/kube/build.sh
-fi
+step "Kubernetes 1.34 and the node runtime from Go modules (cached outside the repo)"
+bash scripts/kube/build.sh
 step "done"

@@ -2,8 +2,11 @@
 //!
 //! The Rust types are the source of truth: `civic-operator crd` prints the CRD generated from them
 //! and `crds/` holds a copy that a test keeps in sync. Doc comments become `kubectl explain` text.
-//! The test apiserver is 1.20, so the schema uses only structural constructs it accepts (no CEL);
-//! what a schema cannot say lives in [`crate::validation`].
+//! Rules the structural schema cannot say are CEL `x-kubernetes-validations` (Kubernetes 1.25+),
+//! so `kubectl apply` refuses such a spec at once with the rule's message. [`crate::validation`]
+//! checks the same rules and the few CEL cannot express (quantities within limits, label
+//! selector syntax), and reports them in status: objects stored before a CRD upgrade are still
+//! caught.
 
 use civic_sidecar::contract;
 use k8s_openapi::api::core::v1::ResourceRequirements;
@@ -48,6 +51,12 @@ pub const MIN_SA_TOKEN_EXPIRATION_SECONDS: i64 = 600;
 pub struct CivicIntegrationSpec {
     /// Civic Auth client ID of the application the sidecars exchange tokens as.
     #[schemars(length(min = 1, max = 256))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.trim().size() > 0", "message": "must not be blank"},
+        {"rule": "!self.contains(':')",
+         "message": "must not contain ':' (HTTP Basic client authentication splits id:secret at the first colon)"},
+        {"rule": "!self.matches('[[:cntrl:]]')", "message": "must not contain control characters"}
+    ]))]
     pub client_id: String,
 
     /// The Secret (in this namespace) holding the Civic Auth client secret. It is mounted only
@@ -67,8 +76,10 @@ pub struct CivicIntegrationSpec {
 
     /// Profile bindings: which pods get a sidecar and with which profile and identity. A pod
     /// takes the first binding whose selector matches it (or the one its
-    /// `mcp.civic.com/binding` annotation names). Names are unique within the list.
+    /// `mcp.civic.com/binding` annotation names). Names are unique within the list; at most
+    /// 32 bindings (the bound keeps the CEL rules' cost within the apiserver's budget).
     #[serde(default)]
+    #[schemars(length(max = 32))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub bindings: Vec<ProfileBinding>,
 
@@ -93,6 +104,10 @@ pub struct SecretKeyRef {
 /// exchange.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.subject.civicTokenSecretRef) || (!has(self.tokenTtlSeconds) && !has(self.scope) && !has(self.subjectTokenType))",
+     "message": "tokenTtlSeconds, scope and subjectTokenType have no effect with subject.civicTokenSecretRef (no exchange happens)"}
+]))]
 pub struct ProfileBinding {
     /// Name of the binding, unique within the integration (an RFC 1123 label). Pods may pick it
     /// with the annotation `mcp.civic.com/binding: <integration>/<binding>`.
@@ -119,6 +134,9 @@ pub struct ProfileBinding {
     /// `urn:ietf:params:oauth:token-type:access_token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.trim().size() > 0", "message": "must not be blank"}
+    ]))]
     pub subject_token_type: Option<String>,
 
     /// Requested lifetime of exchanged tokens (`expires_in`), in seconds. Omitted: Civic Auth's
@@ -130,6 +148,9 @@ pub struct ProfileBinding {
     /// Requested `scope` (space-delimited). Omitted: no scope parameter is sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "!self.matches('[[:cntrl:]]')", "message": "must not contain control characters"}
+    ]))]
     pub scope: Option<String>,
 }
 
@@ -151,6 +172,9 @@ pub enum SubjectSource {
 pub struct ServiceAccountTokenSubject {
     /// Audience of the projected token; Civic Auth must accept tokens for it.
     #[schemars(length(min = 1, max = 253))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.trim().size() > 0", "message": "must not be blank"}
+    ]))]
     pub audience: String,
     /// Lifetime of the projected token in seconds (Kubernetes requires at least 600). The
     /// kubelet rotates it at 80% of its lifetime.
@@ -166,6 +190,10 @@ pub struct RequestHeaderSubject {
     /// Header name, e.g. `Authorization` (a `Bearer ` prefix is removed).
     #[serde(default = "default_subject_header")]
     #[schemars(length(min = 1, max = 256), regex(pattern = HEADER_NAME_PATTERN))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "!(self.lowerAscii() in ['host', 'connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'proxy-authenticate', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'content-length', 'content-type', 'content-encoding', 'accept', 'x-civic-profile-id']) && !self.lowerAscii().startsWith('mcp-')",
+         "message": "cannot carry a subject token: hop-by-hop, framing, MCP and profile headers are reserved"}
+    ]))]
     pub name: String,
 }
 
@@ -176,6 +204,9 @@ pub struct SidecarOverrides {
     /// Sidecar container image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.size() > 0 && !self.matches('\\\\s')", "message": "must be a non-empty image reference"}
+    ]))]
     pub image: Option<String>,
     /// Sidecar container resources.
     #[serde(default, skip_serializing_if = "Option::is_none")]

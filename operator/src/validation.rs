@@ -691,4 +691,22 @@ mod tests {
         assert!(!is_label_value("-x"));
         assert!(!is_label_value(&"a".repeat(64)));
     }
+
+    #[test]
+    fn the_crd_cel_rule_reserves_the_same_headers() {
+        let crd = crate::crd::crd_yaml().expect("crd");
+        let rule = crd
+            .lines()
+            .find(|l| l.contains("lowerAscii() in ["))
+            .expect("the requestHeader CEL rule");
+        let list = &rule[rule.find('[').unwrap() + 1..rule.find(']').unwrap()];
+        let in_cel: Vec<String> = list
+            .split(',')
+            .map(|h| h.trim().trim_matches('\'').to_owned())
+            .collect();
+        assert_eq!(
+            in_cel, RESERVED_SUBJECT_HEADERS,
+            "keep crd.rs's CEL list in step"
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! The real-apiserver tier (DESIGN.md §6 tier 4): etcd + kube-apiserver 1.20 on loopback, the
+//! The real-apiserver tier (DESIGN.md §6 tier 4): etcd + kube-apiserver 1.34 on loopback, the
 //! CRD from `crds/`, the chart's `rbac.yaml`, a fake Civic Auth over TLS, and the real
 //! `civic-operator run` process authenticated as its ServiceAccount (bound only by `rbac.yaml`,
 //! never admin). Fails, never skips, when the kube binaries are missing: run
@@ -450,8 +450,38 @@ async fn integration_lifecycle_under_the_chart_rbac() -> anyhow::Result<()> {
     assert!(evs.iter().any(|e| e.type_.as_deref() == Some("Warning")));
     assert!(evs.iter().any(|e| e.type_.as_deref() == Some("Normal")));
 
-    // An invalid spec the schema cannot see waits for a change with InvalidSpec.
-    let patch = json!({"spec": {"clientId": "has:colon"}});
+    // The CRD's CEL rules refuse what the structural schema cannot say, with their message.
+    for (patch, message) in [
+        (
+            json!({"spec": {"clientId": "has:colon"}}),
+            "must not contain ':'",
+        ),
+        (
+            json!({"spec": {"bindings": [{
+                "name": "static", "podSelector": {}, "profileId": "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+                "subject": {"civicTokenSecretRef": {"name": "t", "key": "token"}},
+                "scope": "read",
+            }]}}),
+            "have no effect with subject.civicTokenSecretRef",
+        ),
+        (
+            json!({"spec": {"bindings": [{
+                "name": "user", "podSelector": {}, "profileId": "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+                "subject": {"requestHeader": {"name": "Mcp-Session-Id"}},
+            }]}}),
+            "cannot carry a subject token",
+        ),
+    ] {
+        let err = api
+            .patch(CI_NAME, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect_err("a CEL rule refuses the patch");
+        assert_eq!(code(&err), Some(422), "{err}");
+        assert!(err.to_string().contains(message), "{message}: {err}");
+    }
+
+    // What CEL cannot check (a quantity) is reported in status: InvalidSpec until a change.
+    let patch = json!({"spec": {"sidecar": {"resources": {"limits": {"cpu": "lots"}}}}});
     api.patch(CI_NAME, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     wait_conditions(admin, &[("Ready", "False", "InvalidSpec")]).await?;

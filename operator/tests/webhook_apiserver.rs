@@ -1,12 +1,13 @@
-//! The admission webhook against a real kube-apiserver (1.20, DESIGN.md §6 tier 4): the real
+//! The admission webhook against a real kube-apiserver (1.34, DESIGN.md §6 tier 4): the real
 //! `civic-operator run` process on loopback (two replicas sharing one TLS Secret), a MutatingWebhookConfiguration pointing at it by
 //! URL, kube-controller-manager for ServiceAccounts and ReplicaSets, a fake Civic Auth so the
 //! controller can mark integrations ready. The operator runs as its ServiceAccount with only the
 //! chart's `rbac.yaml` (never as admin), against the chart's fixed object names: the webhook
 //! configuration `civic-mcp` and the TLS Secret the chart creates empty.
 //!
-//! The 1.20 apiserver has no native sidecars (the operator detects that and injects a regular
-//! container); the native-sidecar fields are asserted in the golden tier (`inject_golden.rs`).
+//! The operator detects native-sidecar support from the server version (1.29+): the sidecar is
+//! stored as an init container with `restartPolicy: Always` and a startup probe, exactly as the
+//! golden tier (`inject_golden.rs`) renders it.
 //! Fails, never skips, when the kube binaries are missing: run `scripts/kube/build.sh`.
 
 mod common;
@@ -141,8 +142,8 @@ async fn create_pod(admin: &Client, body: &Value) -> anyhow::Result<(u16, Vec<St
     Ok((status, warnings, serde_json::from_slice(&bytes)?))
 }
 
-/// Creates a pod, retrying while the namespace's ServiceAccount token is not there yet (the
-/// 1.20 ServiceAccount admission plugin refuses pods until then).
+/// Creates a pod, retrying while the namespace's ServiceAccount is not there yet (the
+/// ServiceAccount admission plugin refuses pods until the controller manager made it).
 async fn create_pod_eventually(
     admin: &Client,
     body: &Value,
@@ -254,8 +255,8 @@ async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::
     let addr = operator.webhook_addr().await?;
     let replica_addr = replica.webhook_addr().await?;
     ensure!(
-        operator.output().contains("sidecar_mode=Legacy"),
-        "a 1.20 apiserver has no native sidecars:\n{}",
+        operator.output().contains("sidecar_mode=Native"),
+        "a 1.34 apiserver has native sidecars:\n{}",
         operator.output()
     );
 
@@ -352,7 +353,7 @@ async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::
     );
     let stored = pods.get("agent-1").await?;
     ensure!(
-        containers(&stored) == ["app", "civic-sidecar"],
+        containers(&stored) == ["civic-sidecar", "app"],
         "{:?}",
         containers(&stored)
     );
@@ -370,8 +371,14 @@ async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::
             .map(String::as_str)
             == Some("civic/support")
     );
-    let sidecar = &spec.containers[1];
+    let sidecar = &spec.init_containers.as_ref().context("init containers")?[0];
     ensure!(sidecar.image.as_deref() == Some("ghcr.io/civic-mcp/civic-sidecar:test"));
+    // The fields a 1.20 apiserver dropped: kept by 1.34, so the kubelet runs it as a sidecar.
+    ensure!(sidecar.restart_policy.as_deref() == Some("Always"));
+    ensure!(
+        sidecar.startup_probe.is_some(),
+        "startup probe: {sidecar:?}"
+    );
     let sc = sidecar
         .security_context
         .as_ref()
@@ -381,7 +388,9 @@ async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::
         .volumes
         .iter()
         .flatten()
-        .find_map(|v| v.projected.as_ref())
+        // Not the first projected volume: since 1.24 that is the API token automount's.
+        .find(|v| v.name == "civic-subject-token")
+        .and_then(|v| v.projected.as_ref())
         .context("projected token volume")?;
     let token = projected.sources.as_ref().unwrap()[0]
         .service_account_token
@@ -389,7 +398,7 @@ async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::
         .context("serviceAccountToken")?;
     ensure!(token.audience.as_deref() == Some("civic"));
     ensure!(token.expiration_seconds == Some(3600));
-    for app in &spec.containers[..1] {
+    for app in &spec.containers {
         ensure!(
             app.volume_mounts
                 .iter()
@@ -579,7 +588,7 @@ async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::
     let explicit = json!({"mcp.civic.com/binding": "civic/support"});
     let (status, _, _) = create_pod(&admin, &pod("agent-2", "explicit", true, explicit)).await?;
     ensure!(status == 201, "HTTP {status}");
-    ensure!(containers(&pods.get("agent-2").await?) == ["app", "civic-sidecar"]);
+    ensure!(containers(&pods.get("agent-2").await?) == ["civic-sidecar", "app"]);
 
     // Metrics of the replica the apiserver called: outcomes and the latency histogram.
     let outcome = |o: &str| format!("civic_operator_admissions_total{{outcome=\"{o}\"}}");

@@ -1,4 +1,4 @@
-//! A real kube-apiserver (1.20, built by `scripts/kube/build.sh`) with etcd on loopback, for the
+//! A real kube-apiserver (1.34, built by `scripts/kube/build.sh`) with etcd on loopback, for the
 //! real-apiserver test tier (DESIGN.md §6 tier 4).
 //!
 //! Each [`KubeApiServer`] owns a temp dir with its etcd data, PKI, static token file and
@@ -36,7 +36,7 @@ use self::pki::Pki;
 use self::process::{ManagedProcess, free_port, lost_port_race};
 
 /// The Kubernetes version `scripts/kube/build.sh` builds.
-pub const KUBE_VERSION: &str = "1.20.2";
+pub const KUBE_VERSION: &str = "1.34.4";
 /// Overrides where the kube binaries live (`$CIVIC_KUBE_DIR/bin/kube-apiserver`).
 pub const KUBE_DIR_ENV: &str = "CIVIC_KUBE_DIR";
 /// The built-in admin user (group `system:masters`).
@@ -50,7 +50,7 @@ const PORT_ATTEMPTS: usize = 3;
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
-/// `$CIVIC_KUBE_DIR`, or `$HOME/.cache/civic-mcp/kube-1.20.2`.
+/// `$CIVIC_KUBE_DIR`, or `$HOME/.cache/civic-mcp/kube-1.34.4`.
 pub fn kube_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os(KUBE_DIR_ENV) {
         return PathBuf::from(dir);
@@ -144,9 +144,9 @@ impl KubeApiServerBuilder {
         )
     }
 
-    /// Also runs kube-controller-manager: garbage collection, namespace deletion, default
-    /// ServiceAccounts and their token Secrets (the 1.20 ServiceAccount admission plugin rejects
-    /// pods until those exist, so tests that create pods want this).
+    /// Also runs kube-controller-manager: garbage collection, namespace deletion, ReplicaSets and
+    /// default ServiceAccounts (the ServiceAccount admission plugin rejects pods until the
+    /// namespace's account exists, so tests that create pods want this).
     pub fn with_controller_manager(mut self) -> Self {
         self.controller_manager = true;
         self
@@ -185,8 +185,8 @@ impl Binaries {
 
     fn locate_in(kube_dir: &Path, need_controller_manager: bool) -> anyhow::Result<Self> {
         let bin = kube_dir.join("bin");
-        let hint = "run `scripts/kube/build.sh` (as root) to build kube-apiserver and \
-                    kube-controller-manager and install etcd, or set CIVIC_KUBE_DIR";
+        let hint = "run `scripts/kube/build.sh` (as root) to build etcd, kube-apiserver and \
+                    kube-controller-manager, or set CIVIC_KUBE_DIR";
         let apiserver = bin.join("kube-apiserver");
         let controller_manager = bin.join("kube-controller-manager");
         if !apiserver.is_file() {
@@ -195,8 +195,11 @@ impl Binaries {
         if need_controller_manager && !controller_manager.is_file() {
             bail!("{} not found: {hint}", controller_manager.display());
         }
-        let etcd = process::find_program("etcd", "/usr/bin/etcd")
-            .with_context(|| format!("etcd not found on PATH nor at /usr/bin/etcd: {hint}"))?;
+        // The etcd built beside the apiserver, never another one on PATH: the pair is pinned.
+        let etcd = bin.join("etcd");
+        if !etcd.is_file() {
+            bail!("{} not found: {hint}", etcd.display());
+        }
         Ok(Self {
             etcd,
             apiserver,
@@ -473,8 +476,6 @@ impl KubeApiServer {
             "--bind-address=127.0.0.1".into(),
             "--advertise-address=127.0.0.1".into(),
             format!("--secure-port={port}").into(),
-            // 1.20 still serves an unauthenticated port 8080 unless told not to.
-            "--insecure-port=0".into(),
             flag("--tls-cert-file", path("apiserver.crt")),
             flag("--tls-private-key-file", path("apiserver.key")),
             flag("--client-ca-file", path("ca.crt")),
@@ -555,7 +556,6 @@ impl KubeApiServer {
             flag("--kubeconfig", kubeconfig.into_os_string()),
             "--leader-elect=false".into(),
             // No serving at all: fixed default ports would collide between parallel tests.
-            "--port=0".into(),
             "--secure-port=0".into(),
             flag("--service-account-private-key-file", path("sa.key")),
             flag("--root-ca-file", path("ca.crt")),

@@ -211,10 +211,7 @@ async fn crd_apply_rbac_and_restart() -> anyhow::Result<()> {
         .expect_err("size 0 violates minimum 1");
     assert_eq!(status_code(&err), Some(422), "{err}");
 
-    // Status is written through the status subresource; the main resource ignores it. (1.20
-    // still records the ignored field's owner in managedFields and bumps resourceVersion, so
-    // a status write through the main resource makes a later status apply conflict: apply
-    // status with force.)
+    // Status is written through the status subresource; the main resource ignores it.
     let status_apply = json!({
         "apiVersion": "smoke.civic.test/v1", "kind": "Widget",
         "metadata": {"name": "w1"},
@@ -297,7 +294,7 @@ async fn crd_apply_rbac_and_restart() -> anyhow::Result<()> {
     assert_eq!(via_file.list(&ListParams::default()).await?.items.len(), 1);
     assert_ne!(cluster.token_for("alice")?, cluster.token_for(ADMIN_USER)?);
 
-    // Without kube-controller-manager no ServiceAccount exists, and the 1.20 ServiceAccount
+    // Without kube-controller-manager no ServiceAccount exists, and the ServiceAccount
     // admission plugin rejects pods (why pod tests use `with_controller_manager()`).
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "p0"},
@@ -348,20 +345,18 @@ async fn controller_manager_service_accounts_and_garbage_collection() -> anyhow:
     let admin = cluster.admin_client().await?;
     create_namespace(&admin, "gc").await?;
 
-    // The ServiceAccount and token controllers fill a new namespace.
+    // The ServiceAccount controller fills a new namespace; since 1.24 no token Secret is made
+    // (pods get projected, expiring tokens instead).
     let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), "gc");
-    eventually(
-        "default ServiceAccount with a token Secret in gc",
-        || async {
-            Ok(accounts
-                .get_opt("default")
-                .await?
-                .is_some_and(|sa| !sa.secrets.unwrap_or_default().is_empty()))
-        },
-    )
+    eventually("default ServiceAccount in gc", || async {
+        Ok(accounts
+            .get_opt("default")
+            .await?
+            .is_some_and(|sa| sa.secrets.unwrap_or_default().is_empty()))
+    })
     .await?;
 
-    // So the 1.20 ServiceAccount admission plugin admits pods (no kubelet: it never runs).
+    // So the ServiceAccount admission plugin admits pods (no kubelet: they never run).
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "gc");
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "p1"},

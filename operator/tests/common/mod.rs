@@ -298,7 +298,7 @@ pub async fn setup(
     })
 }
 
-/// A namespace with a `default` ServiceAccount (no controller-manager here: the 1.20
+/// A namespace with a `default` ServiceAccount (no controller-manager here: the
 /// ServiceAccount admission plugin wants the account to exist before pods are created).
 pub async fn create_namespace(admin: &Client, name: &str, labels: Value) -> anyhow::Result<()> {
     let ns: Namespace =
@@ -321,7 +321,7 @@ pub async fn install_crd(admin: &Client, established_within: Duration) -> anyhow
     let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
     crds.create(&PostParams::default(), &crd)
         .await
-        .context("the 1.20 apiserver must accept the generated CRD")?;
+        .context("the apiserver must accept the generated CRD")?;
     eventually("CRD established", established_within, || async {
         let crd = crds.get("civicintegrations.mcp.civic.com").await?;
         let established = crd

@@ -1,0 +1,6 @@
+//go:build tools
+
+// Keeps the command this module builds in go.mod and go.sum.
+package tools
+
+import _ "github.com/opencontainers/runc"
