@@ -30,6 +30,17 @@ else
   echo "test: not root, so the isolation tier cannot run here (CI runs it as root)"
 fi
 
+step "node tier: a real Kubernetes 1.34 node (scripts/node.sh) and the e2e suite on it (~6 min)"
+if [ "$(id -u)" -eq 0 ]; then
+  bash scripts/images.sh
+  bash tests/images/check.sh
+  SKIP_BUILD=1 bash tests/e2e/run.sh --local
+  scan_families="$scan_families node"
+else
+  echo "test: not root, so the node tier cannot run here (CI runs it as root)" >&2
+  exit 1
+fi
+
 step "chart checks (helm lint/template, kubernetes-validate, golden, schema, shellcheck)"
 bash tests/chart/check.sh
 
@@ -50,7 +61,7 @@ fi
 rm -rf "$planted"
 CIVIC_SCAN_REQUIRE="$scan_families" bash tests/scan_logs.sh target/civic-test-logs
 
-for s in scripts/*.sh scripts/kube/*.sh tests/*.sh tests/peers/*.sh tests/isolation/*.sh; do
+for s in scripts/*.sh scripts/kube/*.sh tests/*.sh tests/peers/*.sh tests/isolation/*.sh tests/e2e/*.sh tests/images/*.sh; do
   [ -f "$s" ] && bash -n "$s"
 done
 step "all passed"

@@ -41,6 +41,7 @@ family_ok() {
     operator) grep -rlsF --include='operator-*.log' 'admin endpoints listening' "$dir" | head -1 ;;
     cluster) grep -rlsF --include='cluster-*.jsonl' '"civicIntegration"' "$dir" | head -1 ;;
     isolation) find "$dir" -name 'isolation-sidecar-*.log' -size +0 | head -1 ;;
+    node) grep -rlsF --include='*_civic-sidecar.log' 'proxy listening' "$dir"/e2e-local/pods 2>/dev/null | head -1 ;;
     *) echo "scan_logs: unknown family $1" >&2; return 1 ;;
   esac
 }

@@ -10,5 +10,5 @@ KUBE_BIN=$KUBE_DIR/bin
 NODE_TOOLS_DIR=$KUBE_DIR
 NODE_TOOLS_BIN=$NODE_TOOLS_DIR/bin
 # The sandbox image every pod's pause container runs (scripts/images.sh builds it from source).
-PAUSE_IMAGE=docker.io/civic-mcp/pause:3.10
+PAUSE_IMAGE=docker.io/civic-mcp/pause:3.10.1
 export KUBE_VERSION KUBE_DIR KUBE_BIN NODE_TOOLS_DIR NODE_TOOLS_BIN PAUSE_IMAGE

@@ -35,6 +35,31 @@ diagnostics() {
   kubectl -n "$OPERATOR_NS" logs -l app.kubernetes.io/component=operator --all-containers --tail=200 --prefix
   kubectl -n "$APP_NS" describe pods
   kubectl -n "$APP_NS" logs -l app=mcp-client --all-containers --tail=200 --prefix
+  kubectl -n "$APP_NS" logs -l app=mcp-job --all-containers --tail=100 --prefix
   kubectl -n "$FAKES_NS" logs deploy/civic-fakes --tail=100
   kubectl get events -A --sort-by=.lastTimestamp | tail -50
+}
+
+# json_event NAME: the first JSON line of stdin whose "event" is NAME (other lines are skipped).
+json_event() { jq -cR --arg e "$1" 'fromjson? | select(type == "object" and .event == $e)' | head -1; }
+
+# capture DIR: every pod's container logs, every Event, Pod and CivicIntegration, and (for the
+# local node) every node component's log, for the secret scan and for post-mortems.
+capture() {
+  local dir=$1 ns pod c
+  mkdir -p "$dir/pods"
+  kubectl get events -A -o json >"$dir/cluster-events.json" 2>/dev/null || true
+  kubectl get pods -A -o json >"$dir/cluster-pods.json" 2>/dev/null || true
+  kubectl get civicintegrations -A -o json >"$dir/cluster-civicintegrations.json" 2>/dev/null || true
+  kubectl get pods -A -o json 2>/dev/null |
+    jq -r '.items[] | .metadata.namespace as $ns | .metadata.name as $p
+           | ((.spec.initContainers // []) + .spec.containers)[] | "\($ns) \($p) \(.name)"' 2>/dev/null |
+    while read -r ns pod c; do
+      kubectl -n "$ns" logs "$pod" -c "$c" >"$dir/pods/${ns}_${pod}_${c}.log" 2>/dev/null || true
+      kubectl -n "$ns" logs "$pod" -c "$c" --previous >>"$dir/pods/${ns}_${pod}_${c}.log" 2>/dev/null || true
+    done
+  if [ "${CLUSTER:-}" = local ] && [ -d "${CIVIC_NODE_DIR:-/var/lib/civic-node}/logs" ]; then
+    mkdir -p "$dir/node"
+    cp "${CIVIC_NODE_DIR:-/var/lib/civic-node}"/logs/*.log "$dir/node/" 2>/dev/null || true
+  fi
 }

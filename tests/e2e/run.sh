@@ -1,28 +1,49 @@
 #!/usr/bin/env bash
-# The kind end-to-end suite (DESIGN.md §6 tier 7), one command:  tests/e2e/run.sh
+# The end-to-end suite on a real cluster, one command, the same assertions on both clusters:
+#   tests/e2e/run.sh --local   the single-node Kubernetes of scripts/node.sh on this machine
+#   tests/e2e/run.sh           a kind cluster (docker + kind), as the GitHub workflow runs it
 #
-# Creates a kind cluster, builds the operator, sidecar and fakes images and loads them, installs
-# the chart, deploys the in-cluster fakes of Civic Auth and the hub (civic-fakes, TLS with a CA
-# made here), applies a Secret, a CivicIntegration and a labelled Deployment whose container
-# calls $CIVIC_MCP_URL with curl, and asserts:
-#   1. the pod runs with exactly one injected sidecar, and the app gets CIVIC_MCP_URL;
-#   2. initialize / tools/list / tools/call succeed through the sidecar with a profile-locked
-#      token (the fake hub refuses any token whose civic_profile claim is not the binding's);
-#   3. the integration is Ready and its status counts the bound pod;
-#   4. a client-secret rotation is picked up without restarting the pod;
-#   5. helm upgrade keeps injection working; helm uninstall leaves nothing behind but the
-#      kept CRD.
+# Builds the operator, sidecar, fakes and workload images (OCI archives with scripts/images.sh
+# for --local, docker build for kind) and loads them, installs the chart, deploys the
+# in-cluster fakes of Civic Auth and the hub (TLS with a CA made here), and asserts on running
+# pods:
+#   1. the chart's operator runs as two Ready pods, one of them the leader; CRD established;
+#      the webhook's caBundle filled; `kubectl get civic` shows its columns;
+#   2. a labelled Deployment (two app containers, an existing init container) in a namespace
+#      that enforces the `restricted` Pod Security Standard gets one native sidecar; the app's
+#      first MCP call (official Go SDK client, no retry) succeeds, and the container start times
+#      show the sidecar started before the apps;
+#   3. initialize / tools/list / tools/call through the sidecar to the fakes, with a token
+#      locked to the binding's profile for the pod's own ServiceAccount (the fake Civic Auth
+#      verifies the projected token against the cluster's JWKS when it can);
+#   4. a client-secret rotation is picked up with no container restart;
+#   5. a Job with the sidecar completes;
+#   6. deleting the leader pod fails over and injection continues; with the operator scaled to
+#      0, labelled pods are refused with a message and unlabelled pods are not; back at 2,
+#      labelled pods are admitted again;
+#   7. helm upgrade keeps injection working; helm uninstall leaves nothing but the kept CRD;
+#   8. every pod's log, every Event and CivicIntegration is captured for the secret scan
+#      (target/civic-test-logs/e2e-<cluster>/), and --local checks that no node process or pod
+#      tried to reach an address outside the node.
 #
-# Needs docker, kind, kubectl, helm, openssl, jq. Settings (environment):
-#   KIND_NODE_IMAGE   node image, e.g. kindest/node:v1.33.1 (default: kind's own default)
+# Needs kubectl, helm, openssl, jq; kind mode also docker and kind, --local root and the
+# binaries of scripts/kube/build.sh. Settings (environment):
+#   KIND_NODE_IMAGE   kind node image, e.g. kindest/node:v1.34.0 (default: kind's own)
 #   CLUSTER_NAME      kind cluster name (default civic-e2e)
-#   KEEP_CLUSTER=1    do not delete the cluster at the end
-#   SKIP_BUILD=1      use already built civic-mcp/*:e2e images
+#   KEEP_CLUSTER=1    leave the cluster (kind) or node (--local) running at the end
+#   SKIP_BUILD=1      use already built images
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=tests/e2e/lib.sh
 source tests/e2e/lib.sh
 
+CLUSTER=kind
+if [ "${1:-}" = --local ]; then
+  CLUSTER=local
+elif [ -n "${1:-}" ]; then
+  echo "usage: $0 [--local]" >&2
+  exit 2
+fi
 CLUSTER_NAME=${CLUSTER_NAME:-civic-e2e}
 KIND_NODE_IMAGE=${KIND_NODE_IMAGE:-}
 OPERATOR_NS=civic-system
@@ -30,47 +51,66 @@ APP_NS=civic-e2e
 FAKES_NS=civic-fakes
 RELEASE=civic-mcp
 TAG=e2e
-CURL_IMAGE=curlimages/curl:8.11.1
+WORKLOAD_IMAGE=civic-mcp/mcp-workload:$TAG
 CLIENT_ID=civic-e2e-client
 PROFILE_ID=7c9e6679-7425-40de-944b-e07fc1f90ae7
 APP_SA=mcp-client
 E2E_PASSED=0
+CAPTURE_DIR=${CIVIC_E2E_CAPTURE_DIR:-target/civic-test-logs/e2e-$CLUSTER}
 work=$(mktemp -d)
 
 cleanup() {
   local rc=$?
+  set +e
+  capture "$CAPTURE_DIR"
   if [ "$rc" != 0 ]; then
     diagnostics
   fi
   if [ "${KEEP_CLUSTER:-0}" != 1 ]; then
-    kind delete cluster --name "$CLUSTER_NAME" >/dev/null 2>&1 || true
+    if [ "$CLUSTER" = local ]; then
+      bash scripts/node.sh down >/dev/null 2>&1 || true
+    else
+      kind delete cluster --name "$CLUSTER_NAME" >/dev/null 2>&1 || true
+    fi
   fi
   rm -rf "$work"
   exit "$rc"
 }
 trap cleanup EXIT
 
-need docker kind kubectl helm openssl jq
+need kubectl helm openssl jq
+rm -rf "$CAPTURE_DIR"
+mkdir -p "$CAPTURE_DIR"
 
-log "cluster $CLUSTER_NAME ${KIND_NODE_IMAGE:-(kind default node image)}"
-kind delete cluster --name "$CLUSTER_NAME" >/dev/null 2>&1 || true
-kind create cluster --name "$CLUSTER_NAME" ${KIND_NODE_IMAGE:+--image "$KIND_NODE_IMAGE"} --wait 180s
-kubectl config use-context "kind-$CLUSTER_NAME" >/dev/null
-kubectl version
-
-log "images"
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  for spec in operator:civic-operator sidecar:civic-sidecar civic-fakes:civic-fakes; do
-    docker build -f "docker/${spec%%:*}.Dockerfile" -t "civic-mcp/${spec#*:}:$TAG" .
+# ---------------------------------------------------------------------------------------------
+log "cluster: $CLUSTER"
+if [ "$CLUSTER" = local ]; then
+  up=$(bash scripts/node.sh up | tail -1)
+  export "${up?}"
+  [ -n "${KUBECONFIG:-}" ] || die "scripts/node.sh up printed no KUBECONFIG"
+  if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    bash scripts/images.sh >&2
+  fi
+  bash scripts/node.sh import target/images/*.tar
+else
+  need docker kind
+  kind delete cluster --name "$CLUSTER_NAME" >/dev/null 2>&1 || true
+  kind create cluster --name "$CLUSTER_NAME" ${KIND_NODE_IMAGE:+--image "$KIND_NODE_IMAGE"} --wait 180s
+  kubectl config use-context "kind-$CLUSTER_NAME" >/dev/null
+  if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    for spec in operator:civic-operator sidecar:civic-sidecar civic-fakes:civic-fakes; do
+      docker build -f "docker/${spec%%:*}.Dockerfile" -t "civic-mcp/${spec#*:}:$TAG" .
+    done
+    docker build -f tests/e2e/workload/Dockerfile -t "$WORKLOAD_IMAGE" tests/e2e/workload
+  fi
+  for image in civic-operator civic-sidecar civic-fakes mcp-workload; do
+    kind load docker-image --name "$CLUSTER_NAME" "civic-mcp/$image:$TAG"
   done
 fi
-docker pull -q "$CURL_IMAGE" >/dev/null
-for image in "civic-mcp/civic-operator:$TAG" "civic-mcp/civic-sidecar:$TAG" "civic-mcp/civic-fakes:$TAG" "$CURL_IMAGE"; do
-  kind load docker-image --name "$CLUSTER_NAME" "$image"
-done
-docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^civic-mcp/' >&2
-pass "images built and loaded"
+kubectl version
+pass "cluster up, images loaded"
 
+# ---------------------------------------------------------------------------------------------
 log "fakes: CA, certificate, Civic Auth + hub"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=civic e2e CA" \
   -keyout "$work/ca.key" -out "$work/ca.crt" 2>/dev/null
@@ -88,9 +128,18 @@ secret_v1="e2e-secret-v1-$(openssl rand -hex 12)"
 secret_v2="e2e-secret-v2-$(openssl rand -hex 12)"
 printf '%s\n' "$secret_v1" >"$work/client-secrets"
 
+# The cluster's service-account issuer and keys, as Civic Auth would be configured with them.
+issuer=$(kubectl get --raw /.well-known/openid-configuration | jq -er .issuer)
+kubectl get --raw /openid/v1/jwks >"$work/jwks.json"
+jq -e '.keys | length >= 1' "$work/jwks.json" >/dev/null || die "the cluster serves no JWKS"
+fakes_verify=("--jwks-file=/jwks/jwks.json" "--issuer=$issuer")
+
 kubectl create namespace "$FAKES_NS"
 kubectl -n "$FAKES_NS" create secret tls fakes-tls --cert="$work/tls.crt" --key="$work/tls.key"
 kubectl -n "$FAKES_NS" create secret generic fakes-client --from-file=secrets="$work/client-secrets"
+kubectl -n "$FAKES_NS" create configmap cluster-jwks --from-file=jwks.json="$work/jwks.json"
+fakes_args=""
+for a in "${fakes_verify[@]}"; do fakes_args+="            - $a"$'\n'; done
 kubectl apply -f - <<EOF
 apiVersion: apps/v1
 kind: Deployment
@@ -101,6 +150,7 @@ spec:
   template:
     metadata: {labels: {app: civic-fakes}}
     spec:
+      automountServiceAccountToken: false
       securityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}
       containers:
         - name: fakes
@@ -113,7 +163,7 @@ spec:
             - --client-secret-file=/client/secrets
             - --profile-id=$PROFILE_ID
             - --audience=civic
-          ports:
+$fakes_args          ports:
             - {name: auth, containerPort: 8443}
             - {name: hub, containerPort: 9443}
             - {name: control, containerPort: 8080}
@@ -125,9 +175,11 @@ spec:
           volumeMounts:
             - {name: tls, mountPath: /tls, readOnly: true}
             - {name: client, mountPath: /client, readOnly: true}
+            - {name: jwks, mountPath: /jwks, readOnly: true}
       volumes:
         - {name: tls, secret: {secretName: fakes-tls}}
         - {name: client, secret: {secretName: fakes-client}}
+        - {name: jwks, configMap: {name: cluster-jwks}}
 ---
 apiVersion: v1
 kind: Service
@@ -151,24 +203,51 @@ spec:
   ports: [{name: http, port: 80, targetPort: control}]
 EOF
 kubectl -n "$FAKES_NS" rollout status deploy/civic-fakes --timeout=120s
-pass "fakes running"
+pass "fakes running; Civic Auth trusts issuer $issuer with the cluster's $(jq '.keys | length' "$work/jwks.json") JWKS key(s)"
 
+# The fakes' control port through the apiserver's service proxy: the same path on any cluster.
+fakes_stats() {
+  kubectl get --raw "/api/v1/namespaces/$FAKES_NS/services/http:civic-fakes-control:80/proxy/stats"
+}
+fakes_control() { # $1 verb (create = POST, replace = PUT), $2 path, stdin: body
+  kubectl "$1" --raw "/api/v1/namespaces/$FAKES_NS/services/http:civic-fakes-control:80/proxy$2" -f -
+}
+
+# ---------------------------------------------------------------------------------------------
 log "helm install"
 helm install "$RELEASE" charts/civic-mcp --namespace "$OPERATOR_NS" --create-namespace \
   -f tests/e2e/values-e2e.yaml --set-file operator.tokenUrlCaBundle="$work/ca.crt" \
   --wait --timeout 5m
-kubectl -n "$OPERATOR_NS" rollout status "deploy/$RELEASE" --timeout=120s
-kubectl get crd civicintegrations.mcp.civic.com >/dev/null
-pass "chart installed, operator replicas ready"
-
+kubectl -n "$OPERATOR_NS" rollout status "deploy/$RELEASE" --timeout=180s
+kubectl wait crd/civicintegrations.mcp.civic.com --for=condition=Established --timeout=60s
+operator_pods() {
+  kubectl -n "$OPERATOR_NS" get pods -l app.kubernetes.io/component=operator -o json |
+    jq -r '[.items[] | select(.metadata.deletionTimestamp == null and
+             ([.status.conditions[]? | select(.type == "Ready" and .status == "True")] | length) == 1)
+            | .metadata.name] | sort | join(" ")'
+}
+leader() {
+  kubectl -n "$OPERATOR_NS" get leases -o json |
+    jq -r '[.items[] | select(.spec.holderIdentity != null and .spec.holderIdentity != "")][0].spec.holderIdentity // empty'
+}
+two_ready_one_leads() {
+  local pods l
+  pods=$(operator_pods)
+  l=$(leader)
+  [ "$(wc -w <<<"$pods")" = 2 ] && [ -n "$l" ] && grep -qw -- "$l" <<<"$pods"
+}
+retry 120 2 two_ready_one_leads || die "expected two Ready operator pods and a leader among them (pods: $(operator_pods); leader: $(leader))"
 ca_bundle_filled() {
   [ -n "$(kubectl get mutatingwebhookconfiguration "$RELEASE" -o jsonpath='{.webhooks[0].clientConfig.caBundle}')" ]
 }
 retry 60 2 ca_bundle_filled || die "the operator did not fill the webhook's caBundle"
-pass "webhook caBundle filled by the operator"
+pass "chart installed: operator pods $(operator_pods) Ready, leader $(leader); CRD established; caBundle filled"
 
-log "workload namespace: Secret, CA, CivicIntegration"
+# ---------------------------------------------------------------------------------------------
+log "workload namespace (restricted Pod Security): Secret, CA, CivicIntegration"
 kubectl create namespace "$APP_NS"
+kubectl label namespace "$APP_NS" pod-security.kubernetes.io/enforce=restricted \
+  pod-security.kubernetes.io/enforce-version=latest
 kubectl -n "$APP_NS" create secret generic civic-credentials --from-literal=client-secret="$secret_v1"
 kubectl -n "$APP_NS" create configmap civic-e2e-ca --from-file=ca.crt="$work/ca.crt"
 kubectl apply -f - <<EOF
@@ -187,11 +266,20 @@ spec:
       lockProfile: true
       subject:
         serviceAccountToken: {audience: civic, expirationSeconds: 3600}
+    - name: jobs
+      podSelector: {matchLabels: {app: mcp-job}}
+      profileId: $PROFILE_ID
+      subject:
+        serviceAccountToken: {audience: civic, expirationSeconds: 600}
 EOF
 kubectl -n "$APP_NS" wait civicintegration/e2e --for=condition=Ready --timeout=120s
-pass "CivicIntegration Ready (credentials probed against the fake Civic Auth)"
+columns=$(kubectl -n "$APP_NS" get civic e2e | head -1)
+for c in NAME READY BINDINGS AGE; do grep -qw "$c" <<<"$columns" || die "kubectl get civic lacks column $c: $columns"; done
+pass "CivicIntegration Ready (credentials probed against the fake Civic Auth); columns: $columns"
 
-log "labelled workload"
+# ---------------------------------------------------------------------------------------------
+log "labelled workload: two app containers and an init container"
+restricted='{allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, runAsNonRoot: true, capabilities: {drop: [ALL]}, seccompProfile: {type: RuntimeDefault}}'
 kubectl apply -f - <<EOF
 apiVersion: v1
 kind: ServiceAccount
@@ -208,11 +296,12 @@ spec:
       labels: {app: mcp-client, mcp.civic.com/inject: enabled}
     spec:
       serviceAccountName: $APP_SA
+      terminationGracePeriodSeconds: 10
+      initContainers:
+        - {name: prepare, image: $WORKLOAD_IMAGE, imagePullPolicy: Never, args: [help], securityContext: $restricted}
       containers:
-        - name: app
-          image: $CURL_IMAGE
-          imagePullPolicy: IfNotPresent
-          command: ["sleep", "infinity"]
+        - {name: app, image: $WORKLOAD_IMAGE, imagePullPolicy: Never, args: [serve], securityContext: $restricted}
+        - {name: helper, image: $WORKLOAD_IMAGE, imagePullPolicy: Never, args: [serve], securityContext: $restricted}
 EOF
 kubectl -n "$APP_NS" rollout status deploy/mcp-client --timeout=180s
 
@@ -222,69 +311,60 @@ app_pod() {
     jq -er '[.items[] | select(.metadata.deletionTimestamp == null and .status.phase == "Running")][0].metadata.name'
 }
 pod=$(app_pod)
-sidecar_image="civic-mcp/civic-sidecar:$TAG"
 pod_json=$(kubectl -n "$APP_NS" get pod "$pod" -o json)
-sidecars=$(jq --arg img "$sidecar_image" '[(.spec.initContainers // [])[], .spec.containers[] | select(.image | endswith($img))] | length' <<<"$pod_json")
-[ "$sidecars" = 1 ] || die "expected exactly one sidecar container in $pod, found $sidecars"
-native=$(jq --arg img "$sidecar_image" '[(.spec.initContainers // [])[] | select((.image | endswith($img)) and .restartPolicy == "Always")] | length' <<<"$pod_json")
-app_url=$(kubectl -n "$APP_NS" exec "$pod" -c app -- printenv CIVIC_MCP_URL)
-[ "$app_url" = "http://127.0.0.1:8931/hub/mcp" ] || die "CIVIC_MCP_URL is '$app_url'"
-# Volumes carrying the client secret (plain or projected) must be mounted only by the sidecar.
+init_names=$(jq -r '[(.spec.initContainers // [])[].name] | join(",")' <<<"$pod_json")
+[ "$init_names" = "prepare,civic-sidecar" ] || die "init containers of $pod: $init_names (want prepare,civic-sidecar)"
+[ "$(jq -r '.spec.initContainers[1].restartPolicy' <<<"$pod_json")" = Always ] || die "the sidecar is not a native sidecar"
+[ "$(jq '[.spec.containers[] | select(.name == "civic-sidecar")] | length' <<<"$pod_json")" = 0 ] || die "a second sidecar"
+for c in app helper; do
+  url=$(jq -r --arg c "$c" '.spec.containers[] | select(.name == $c) | .env[]? | select(.name == "CIVIC_MCP_URL") | .value' <<<"$pod_json")
+  [ "$url" = "http://127.0.0.1:8931/hub/mcp" ] || die "$c: CIVIC_MCP_URL is '$url'"
+done
 app_secret_mounts=$(jq '
   [.spec.volumes[]? | select(.secret.secretName == "civic-credentials"
      or ([.projected.sources[]? | .secret.name] | index("civic-credentials"))) | .name] as $secret_volumes
-  | [.spec.containers[] | select(.name == "app") | (.volumeMounts // [])[] | .name
+  | [.spec.containers[] | (.volumeMounts // [])[] | .name
      | select(. as $n | $secret_volumes | index($n))] | length' <<<"$pod_json")
-[ "$app_secret_mounts" = 0 ] || die "the app container mounts the client secret"
-pass "pod $pod runs with one sidecar (native sidecar: $native), CIVIC_MCP_URL set, no secret in the app"
+[ "$app_secret_mounts" = 0 ] || die "an app container mounts the client secret"
+started() { # container name -> startedAt (running)
+  jq -r --arg c "$1" '[(.status.initContainerStatuses // [])[], .status.containerStatuses[] | select(.name == $c)][0].state.running.startedAt // empty' <<<"$pod_json"
+}
+pod_json=$(kubectl -n "$APP_NS" get pod "$pod" -o json)
+t_sidecar=$(started civic-sidecar)
+t_app=$(started app)
+{ [ -n "$t_sidecar" ] && [ -n "$t_app" ]; } || die "start times missing: sidecar '$t_sidecar' app '$t_app'"
+[[ ! "$t_app" < "$t_sidecar" ]] || die "the app ($t_app) started before the sidecar ($t_sidecar)"
+first=$(kubectl -n "$APP_NS" logs "$pod" -c app | json_event first_call)
+[ "$(jq -r .ok <<<"$first")" = true ] || die "the app's first MCP call failed: $first"
+first_helper=$(kubectl -n "$APP_NS" logs "$pod" -c helper | json_event first_call)
+[ "$(jq -r .ok <<<"$first_helper")" = true ] || die "the helper's first MCP call failed: $first_helper"
+restarts() {
+  kubectl -n "$APP_NS" get pod "$pod" -o json |
+    jq '[(.status.initContainerStatuses // [])[], .status.containerStatuses[] | .restartCount] | add'
+}
+[ "$(restarts)" = 0 ] || die "containers of $pod restarted"
+pass "pod $pod: native sidecar after the init container, sidecar started $t_sidecar, app $t_app; both apps' first MCP call succeeded with no retry; 0 restarts; restricted PSS admitted it"
 
-# One MCP session over the sidecar, from inside the app container: initialize, initialized,
-# tools/list, tools/call whoami. Prints every response.
-mcp_session() {
-  kubectl -n "$APP_NS" exec -i "$(app_pod)" -c app -- sh -s <<'SH'
-set -eu
-post() { # $1 body, $2 extra header (optional)
-  curl -sS --fail-with-body --max-time 20 -D - "$CIVIC_MCP_URL" \
-    -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' \
-    ${2:+-H "$2"} -d "$1"
+# ---------------------------------------------------------------------------------------------
+mcp_call() { # through the sidecar, from the app container: one SDK session
+  kubectl -n "$APP_NS" exec "$(app_pod)" -c app -- /mcp-workload call
 }
-init=$(post '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"civic-e2e","version":"1"}}}')
-echo "$init"
-sid=$(printf '%s\n' "$init" | tr -d '\r' | sed -n 's/^[Mm]cp-[Ss]ession-[Ii]d: *//p')
-[ -n "$sid" ]
-post '{"jsonrpc":"2.0","method":"notifications/initialized"}' "mcp-session-id: $sid" | head -1
-post '{"jsonrpc":"2.0","id":2,"method":"tools/list"}' "mcp-session-id: $sid"
-post '{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"whoami","arguments":{}}}' "mcp-session-id: $sid"
-SH
-}
-
-fakes_stats() {
-  kubectl -n "$APP_NS" exec "$(app_pod)" -c app -- \
-    curl -sS --fail --max-time 10 "http://civic-fakes-control.$FAKES_NS.svc/stats"
-}
-fakes_control() { # $1 method, $2 path, stdin: body
-  kubectl -n "$APP_NS" exec -i "$(app_pod)" -c app -- \
-    curl -sS --fail --max-time 10 -X "$1" --data-binary @- "http://civic-fakes-control.$FAKES_NS.svc$2"
-}
-
 check_mcp() {
   local out
-  out=$(mcp_session) || { printf '%s\n' "$out" >&2; return 1; }
-  grep -q '"serverInfo":{"name":"civic-fake-hub"' <<<"$out" || { echo "no initialize result" >&2; return 1; }
-  grep -q '^HTTP/1.1 202' <<<"$out" || { echo "initialized notification not accepted" >&2; return 1; }
-  grep -q '"name":"whoami"' <<<"$out" || { echo "tools/list lacks whoami" >&2; return 1; }
-  grep -q "civic_profile[^,]*$PROFILE_ID" <<<"$out" || { echo "whoami shows no profile-locked token" >&2; return 1; }
-  grep -q "system:serviceaccount:$APP_NS:$APP_SA" <<<"$out" || { echo "whoami shows another subject" >&2; return 1; }
+  out=$(mcp_call) || { printf '%s\n' "$out" >&2; return 1; }
+  [ "$(jq -r .ok <<<"$out")" = true ] || { echo "call failed: $out" >&2; return 1; }
+  jq -e '.tools | index("whoami")' <<<"$out" >/dev/null || { echo "tools/list lacks whoami: $out" >&2; return 1; }
+  jq -r .whoami <<<"$out" | grep -q "$PROFILE_ID" || { echo "whoami shows no profile-locked token: $out" >&2; return 1; }
+  jq -r .whoami <<<"$out" | grep -q "system:serviceaccount:$APP_NS:$APP_SA" || { echo "whoami shows another subject: $out" >&2; return 1; }
 }
-
 log "MCP through the sidecar"
 check_mcp || die "MCP calls through the sidecar failed"
 stats=$(fakes_stats)
 echo "fakes: $stats" >&2
 [ "$(jq '.profile_locked_exchanges' <<<"$stats")" -ge 1 ] || die "no exchange asked for civic_profile"
-[ "$(jq '.hub_with_profile_header' <<<"$stats")" -ge 4 ] || die "the hub did not get x-civic-profile-id on every call"
 [ "$(jq '.hub_requests - .hub_authorized' <<<"$stats")" = 0 ] || die "the hub refused some requests"
-pass "initialize, tools/list and tools/call succeeded with a profile-locked token"
+[ "$(jq '.subject_verified_with_jwks // 0' <<<"$stats")" -ge 1 ] || die "no subject token was verified against the cluster's JWKS"
+pass "initialize, tools/list and tools/call succeeded with a profile-locked token for system:serviceaccount:$APP_NS:$APP_SA"
 
 log "status shows the bound pod"
 bound_pods() {
@@ -295,41 +375,100 @@ bound_pods() {
 retry 90 3 bound_pods || die "status.bindings does not count the injected pod"
 pass "status: app binding matchedPods=1 injectedPods=1"
 
-log "client-secret rotation without a pod restart"
+# ---------------------------------------------------------------------------------------------
+log "client-secret rotation without a restart"
 pod_uid=$(kubectl -n "$APP_NS" get pod "$pod" -o jsonpath='{.metadata.uid}')
-restarts() {
-  kubectl -n "$APP_NS" get pod "$pod" -o json |
-    jq '[(.status.initContainerStatuses // [])[], .status.containerStatuses[] | .restartCount] | add'
-}
-restarts_before=$(restarts)
-printf '%s\n' "$secret_v2" | fakes_control PUT /client-secrets >/dev/null
+printf '%s\n' "$secret_v2" | fakes_control replace /client-secrets >/dev/null
 kubectl -n "$APP_NS" create secret generic civic-credentials --from-literal=client-secret="$secret_v2" \
   --dry-run=client -o yaml | kubectl apply -f -
 # The cached token stays valid; revoking it makes the next call exchange again, which works only
-# with the new secret (the fake now refuses the old one). The kubelet syncs Secret volumes
-# within about a minute.
-printf 'revoke\n' | fakes_control POST /revoke >/dev/null
+# with the new secret (the fake now refuses the old one).
+printf 'revoke\n' | fakes_control create /revoke >/dev/null
 rotated() {
   check_mcp 2>/dev/null && [ "$(fakes_stats | jq '.issued_by_secret[0] // 0')" -ge 1 ]
 }
+rotation_start=$SECONDS
 retry 240 5 rotated || die "the sidecar did not pick up the rotated secret"
 [ "$(kubectl -n "$APP_NS" get pod "$pod" -o jsonpath='{.metadata.uid}')" = "$pod_uid" ] || die "the pod was replaced"
-[ "$(restarts)" = "$restarts_before" ] || die "containers restarted during the rotation"
+[ "$(restarts)" = 0 ] || die "containers restarted during the rotation"
 kubectl -n "$APP_NS" wait civicintegration/e2e --for=condition=Ready --timeout=120s
-pass "rotated secret in use by the same pod, no restart; integration still Ready"
+pass "rotated secret in use by the same pod after $((SECONDS - rotation_start))s, restartCount 0 on every container"
 
+# ---------------------------------------------------------------------------------------------
+log "a Job with the sidecar completes"
+kubectl apply -f - <<EOF
+apiVersion: batch/v1
+kind: Job
+metadata: {name: mcp-job, namespace: $APP_NS}
+spec:
+  backoffLimit: 0
+  template:
+    metadata:
+      labels: {app: mcp-job, mcp.civic.com/inject: enabled}
+    spec:
+      serviceAccountName: $APP_SA
+      restartPolicy: Never
+      containers:
+        - {name: job, image: $WORKLOAD_IMAGE, imagePullPolicy: Never, args: [once], securityContext: $restricted}
+EOF
+kubectl -n "$APP_NS" wait job/mcp-job --for=condition=Complete --timeout=180s ||
+  die "the Job did not complete (a sidecar keeping it running?)"
+job_pod=$(kubectl -n "$APP_NS" get pods -l job-name=mcp-job -o jsonpath='{.items[0].metadata.name}')
+job_result=$(kubectl -n "$APP_NS" logs "$job_pod" -c job | json_event once)
+[ "$(jq -r .ok <<<"$job_result")" = true ] || die "the Job's MCP call failed: $job_result"
+pass "Job $job_pod with the native sidecar completed, its MCP call succeeded"
+
+# ---------------------------------------------------------------------------------------------
+labelled_pod() { # $1 name, $2 labelled (true/false)
+  local labels="{app: probe}"
+  [ "$2" = true ] && labels="{app: mcp-client, mcp.civic.com/inject: enabled}"
+  kubectl apply --dry-run=server -o json -f - <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: $1, namespace: $APP_NS, labels: $labels}
+spec:
+  serviceAccountName: $APP_SA
+  containers:
+    - {name: app, image: $WORKLOAD_IMAGE, imagePullPolicy: Never, args: [serve], securityContext: $restricted}
+EOF
+}
+injected() { labelled_pod "$1" true 2>/dev/null | jq -e '[.spec.initContainers[]? | select(.name == "civic-sidecar")] | length == 1' >/dev/null; }
+
+log "operator faults: leader failover, scaled to zero, back"
+old_leader=$(leader)
+kubectl -n "$OPERATOR_NS" delete pod "$old_leader" --wait=false
+new_leader_elected() { local l; l=$(leader); [ -n "$l" ] && [ "$l" != "$old_leader" ]; }
+retry 120 2 new_leader_elected || die "no new leader after deleting $old_leader"
+retry 60 2 injected probe-failover || die "injection stopped after the failover"
+pass "leader $old_leader deleted: $(leader) took over, injection continues"
+
+kubectl -n "$OPERATOR_NS" scale "deploy/$RELEASE" --replicas=0
+no_operator_pods() { [ "$(kubectl -n "$OPERATOR_NS" get pods -l app.kubernetes.io/component=operator -o name | wc -l)" = 0 ]; }
+retry 120 2 no_operator_pods || die "operator pods still there after scaling to 0"
+refused=$(labelled_pod probe-down true 2>&1) && die "a labelled pod was admitted with no operator: $refused"
+grep -q 'inject.mcp.civic.com' <<<"$refused" || die "the refusal does not name the webhook: $refused"
+labelled_pod probe-plain false >/dev/null || die "an unlabelled pod was refused with the operator down"
+pass "operator at 0: labelled pod refused ($(head -c 160 <<<"$refused")…), unlabelled pod admitted"
+kubectl -n "$OPERATOR_NS" scale "deploy/$RELEASE" --replicas=2
+kubectl -n "$OPERATOR_NS" rollout status "deploy/$RELEASE" --timeout=180s
+retry 90 2 injected probe-back || die "labelled pods are not admitted after scaling back"
+retry 120 2 two_ready_one_leads || die "no leader after scaling back"
+pass "operator back at 2 ($(operator_pods), leader $(leader)): labelled pods injected again"
+
+# ---------------------------------------------------------------------------------------------
 log "helm upgrade"
 helm upgrade "$RELEASE" charts/civic-mcp --namespace "$OPERATOR_NS" --reuse-values \
   --set operator.logLevel=debug --wait --timeout 5m
-kubectl -n "$OPERATOR_NS" rollout status "deploy/$RELEASE" --timeout=120s
+kubectl -n "$OPERATOR_NS" rollout status "deploy/$RELEASE" --timeout=180s
 retry 60 2 ca_bundle_filled || die "caBundle lost in the upgrade"
 kubectl -n "$APP_NS" rollout restart deploy/mcp-client
 kubectl -n "$APP_NS" rollout status deploy/mcp-client --timeout=180s
 retry 60 3 check_mcp || die "MCP calls failed after the upgrade"
-pass "after helm upgrade a new pod is injected and calls the hub"
+pass "after helm upgrade a restarted pod is injected and calls the hub"
 
 log "helm uninstall"
-kubectl -n "$APP_NS" delete deploy/mcp-client --wait=true
+capture "$CAPTURE_DIR"
+kubectl -n "$APP_NS" delete deploy/mcp-client job/mcp-job --wait=true
 helm uninstall "$RELEASE" --namespace "$OPERATOR_NS" --wait --timeout 5m
 namespaced_kinds=$(kubectl api-resources --verbs=list --namespaced -o name | grep -v '^events')
 leftovers() {
@@ -345,6 +484,10 @@ nothing_left() { [ -z "$(leftovers)" ]; }
 retry 60 3 nothing_left || die "left behind after uninstall: $(leftovers | tr '\n' ' ')"
 kubectl get crd civicintegrations.mcp.civic.com >/dev/null || die "the CRD was deleted (it is kept on purpose)"
 pass "helm uninstall left nothing behind but the kept CRD"
-
 kubectl delete crd civicintegrations.mcp.civic.com --wait=true
-echo "e2e: $E2E_PASSED passed, 0 failed"
+
+if [ "$CLUSTER" = local ]; then
+  bash scripts/node.sh egress-check || die "something on the node tried to reach an outside address"
+  pass "egress guard: no packet from the node or its pods to any address outside it"
+fi
+echo "e2e ($CLUSTER): $E2E_PASSED passed, 0 failed"

@@ -1,0 +1,302 @@
+// mcp-workload is the e2e suite's stand-in for a real workload: an MCP client built on the
+// official Go SDK, talking to the sidecar over the SDK's streamable HTTP transport. The image has
+// no shell, so every probe the tests need goes through this binary:
+//
+//	mcp-workload [serve] [flags]  one session at start (initialize, tools/list, tools/call), one
+//	                              JSON line ("first_call"), then runs until SIGTERM ("stopping")
+//	mcp-workload call [flags]     one fresh session, one JSON line ("call"); exit 0 ok, 1 not
+//	mcp-workload once [flags]     the same for Jobs (event "once")
+//
+// Flags: --url URL (default $CIVIC_MCP_URL), --tool NAME (default whoami), --header K=V and
+// --header-file K=PATH (repeatable; the value of a header file is read at call time, e.g. a
+// per-user token), --timeout DURATION (default 20s).
+//
+// Output never carries a header value: a custom header may hold a user's token, so header values
+// are scrubbed from error messages and the URL is printed without userinfo or query.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"regexp"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// version is reported as the MCP client implementation version.
+const version = "0.1.0"
+
+// Result is the one JSON line every mode prints.
+type Result struct {
+	Event      string   `json:"event"`
+	OK         bool     `json:"ok"`
+	StartedAt  string   `json:"started_at"`
+	FinishedAt string   `json:"finished_at"`
+	URL        string   `json:"url,omitempty"`
+	Tools      []string `json:"tools"`
+	Tool       string   `json:"tool"`
+	// Whoami is the text content of the called tool's result (named after the default tool).
+	Whoami string `json:"whoami"`
+	Error  string `json:"error,omitempty"`
+}
+
+// Stopping is printed by serve when it is told to stop.
+type Stopping struct {
+	Event  string `json:"event"`
+	At     string `json:"at"`
+	Signal string `json:"signal"`
+}
+
+type header struct{ name, value, file string }
+
+type options struct {
+	url     string
+	tool    string
+	headers []header
+	timeout time.Duration
+}
+
+// headerFlag collects repeated --header / --header-file values.
+type headerFlag struct {
+	list   *[]header
+	isFile bool
+}
+
+func (h headerFlag) String() string { return "" }
+
+func (h headerFlag) Set(s string) error {
+	name, value, ok := strings.Cut(s, "=")
+	name = strings.TrimSpace(name)
+	if !ok || name == "" {
+		return errors.New("want NAME=VALUE")
+	}
+	if h.isFile {
+		*h.list = append(*h.list, header{name: name, file: value})
+	} else {
+		*h.list = append(*h.list, header{name: name, value: value})
+	}
+	return nil
+}
+
+func parseFlags(mode string, args []string) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("mcp-workload "+mode, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&o.url, "url", os.Getenv("CIVIC_MCP_URL"), "MCP endpoint (default $CIVIC_MCP_URL)")
+	fs.StringVar(&o.tool, "tool", "whoami", "tool to call")
+	fs.Var(headerFlag{list: &o.headers}, "header", "extra request header NAME=VALUE (repeatable)")
+	fs.Var(headerFlag{list: &o.headers, isFile: true}, "header-file", "extra request header NAME=PATH, value read from the file (repeatable)")
+	fs.DurationVar(&o.timeout, "timeout", 20*time.Second, "bound of the whole session")
+	if err := fs.Parse(args); err != nil {
+		// The flag package quotes the bad value, and a header argument may be a token.
+		if strings.Contains(err.Error(), "for flag -header") {
+			return o, errors.New("--header and --header-file want NAME=VALUE (the value is not shown)")
+		}
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if o.url == "" {
+		return o, errors.New("no MCP URL: set CIVIC_MCP_URL or pass --url")
+	}
+	u, err := url.Parse(o.url)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return o, fmt.Errorf("bad MCP URL %q: want http(s)://host[:port]/path", displayURL(o.url))
+	}
+	if o.timeout <= 0 {
+		return o, errors.New("--timeout must be positive")
+	}
+	return o, nil
+}
+
+// displayURL drops userinfo, query and fragment: any of them may carry a credential.
+func displayURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "[unparsable URL]"
+	}
+	u.User, u.RawQuery, u.Fragment = nil, "", ""
+	return u.String()
+}
+
+// headerTransport adds the configured headers to every request the SDK sends.
+type headerTransport struct {
+	base    http.RoundTripper
+	headers http.Header
+}
+
+func (t headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	for k, vs := range t.headers {
+		r.Header.Del(k)
+		for _, v := range vs {
+			r.Header.Add(k, v)
+		}
+	}
+	return t.base.RoundTrip(r)
+}
+
+var (
+	bearerRE   = regexp.MustCompile(`(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+`)
+	urlQueryRE = regexp.MustCompile(`(https?://[^\s"?#]*)[?#][^\s"]*`)
+	userinfoRE = regexp.MustCompile(`(https?://)[^/\s"@]*@`)
+)
+
+// scrub removes every header value, URL userinfo and query, and anything shaped like a bearer
+// token from a message (net/http errors quote the request URL).
+func scrub(msg string, headers http.Header) string {
+	for _, vs := range headers {
+		for _, v := range vs {
+			if len(v) >= 4 {
+				msg = strings.ReplaceAll(msg, v, "[redacted]")
+			}
+		}
+	}
+	msg = urlQueryRE.ReplaceAllString(msg, "${1}?[redacted]")
+	msg = userinfoRE.ReplaceAllString(msg, "${1}[redacted]@")
+	return bearerRE.ReplaceAllString(msg, "${1}[redacted]")
+}
+
+func now() string { return time.Now().UTC().Format(time.RFC3339Nano) }
+
+// session runs initialize, tools/list and tools/call once, on a fresh connection.
+func session(ctx context.Context, o options, event string, started time.Time) Result {
+	res := Result{
+		Event:     event,
+		StartedAt: started.UTC().Format(time.RFC3339Nano),
+		URL:       displayURL(o.url),
+		Tools:     []string{},
+		Tool:      o.tool,
+	}
+	hdrs := http.Header{}
+	err := func() error {
+		for _, h := range o.headers {
+			v := h.value
+			if h.file != "" {
+				b, err := os.ReadFile(h.file)
+				if err != nil {
+					return fmt.Errorf("header %s: %w", h.name, err)
+				}
+				v = strings.TrimSpace(string(b))
+			}
+			hdrs.Add(h.name, v)
+		}
+		ctx, cancel := context.WithTimeout(ctx, o.timeout)
+		defer cancel()
+		transport := &mcp.StreamableClientTransport{
+			Endpoint: o.url,
+			HTTPClient: &http.Client{Transport: headerTransport{
+				base:    http.DefaultTransport,
+				headers: hdrs,
+			}},
+			// One attempt, as a workload's first call right after start: a failure must show.
+			MaxRetries: -1,
+			// Request/response only; the probe needs no server-initiated messages.
+			DisableStandaloneSSE: true,
+		}
+		client := mcp.NewClient(&mcp.Implementation{Name: "civic-mcp-workload", Version: version}, nil)
+		cs, err := client.Connect(ctx, transport, nil)
+		if err != nil {
+			return fmt.Errorf("initialize: %w", err)
+		}
+		defer func() { _ = cs.Close() }()
+		tools, err := cs.ListTools(ctx, &mcp.ListToolsParams{})
+		if err != nil {
+			return fmt.Errorf("tools/list: %w", err)
+		}
+		for _, t := range tools.Tools {
+			res.Tools = append(res.Tools, t.Name)
+		}
+		out, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: o.tool, Arguments: map[string]any{}})
+		if err != nil {
+			return fmt.Errorf("tools/call %s: %w", o.tool, err)
+		}
+		var texts []string
+		for _, c := range out.Content {
+			if t, ok := c.(*mcp.TextContent); ok {
+				texts = append(texts, t.Text)
+			}
+		}
+		res.Whoami = strings.Join(texts, "\n")
+		if out.IsError {
+			return fmt.Errorf("tools/call %s: the tool reported an error", o.tool)
+		}
+		return nil
+	}()
+	res.FinishedAt = now()
+	if err != nil {
+		res.Error = scrub(err.Error(), hdrs)
+	} else {
+		res.OK = true
+	}
+	return res
+}
+
+func emit(v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "mcp-workload: encoding output: %v\n", err)
+		return
+	}
+	fmt.Println(string(b))
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: mcp-workload [serve|call|once] [--url URL] [--tool NAME] [--header NAME=VALUE]... [--header-file NAME=PATH]... [--timeout 20s]")
+}
+
+func main() {
+	started := time.Now()
+	mode, args := "serve", os.Args[1:]
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		mode, args = args[0], args[1:]
+	}
+	switch mode {
+	case "serve", "call", "once":
+	case "help":
+		usage()
+		os.Exit(0)
+	default:
+		fmt.Fprintf(os.Stderr, "mcp-workload: unknown mode %q\n", mode)
+		usage()
+		os.Exit(2)
+	}
+	o, err := parseFlags(mode, args)
+	if errors.Is(err, flag.ErrHelp) {
+		usage()
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "mcp-workload %s: %v\n", mode, err)
+		usage()
+		os.Exit(2)
+	}
+
+	if mode != "serve" {
+		res := session(context.Background(), o, mode, started)
+		emit(res)
+		if !res.OK {
+			os.Exit(1)
+		}
+		return
+	}
+
+	// Registered before the first call so a SIGTERM during it is not lost.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	emit(session(context.Background(), o, "first_call", started))
+	sig := <-sigs
+	emit(Stopping{Event: "stopping", At: now(), Signal: sig.String()})
+}
