@@ -250,6 +250,9 @@ kubectl label namespace "$APP_NS" pod-security.kubernetes.io/enforce=restricted 
   pod-security.kubernetes.io/enforce-version=latest
 kubectl -n "$APP_NS" create secret generic civic-credentials --from-literal=client-secret="$secret_v1"
 kubectl -n "$APP_NS" create configmap civic-e2e-ca --from-file=ca.crt="$work/ca.crt"
+# A ready Civic token for the static-token binding, straight from the fake into a Secret.
+printf 'static-agent' | fakes_control create /mint |
+  kubectl -n "$APP_NS" create secret generic civic-static-token --from-file=token=/dev/stdin
 kubectl apply -f - <<EOF
 apiVersion: mcp.civic.com/v1alpha1
 kind: CivicIntegration
@@ -266,6 +269,16 @@ spec:
       lockProfile: true
       subject:
         serviceAccountToken: {audience: civic, expirationSeconds: 3600}
+    - name: users
+      podSelector: {matchLabels: {app: mcp-user}}
+      profileId: $PROFILE_ID
+      subject:
+        requestHeader: {name: Authorization}
+    - name: static
+      podSelector: {matchLabels: {app: mcp-static}}
+      profileId: $PROFILE_ID
+      subject:
+        civicTokenSecretRef: {name: civic-static-token, key: token}
     - name: jobs
       podSelector: {matchLabels: {app: mcp-job}}
       profileId: $PROFILE_ID
@@ -419,6 +432,62 @@ job_result=$(kubectl -n "$APP_NS" logs "$job_pod" -c job | json_event once)
 pass "Job $job_pod with the native sidecar completed, its MCP call succeeded"
 
 # ---------------------------------------------------------------------------------------------
+log "per-user and static-token bindings"
+kubectl -n "$APP_NS" create serviceaccount alice
+# A user's token as the app would hold it (here a token of the cluster's issuer for Civic).
+printf 'Bearer %s' "$(kubectl -n "$APP_NS" create token alice --audience civic --duration 1h)" |
+  kubectl -n "$APP_NS" create secret generic alice-token --from-file=authorization=/dev/stdin
+kubectl apply -f - <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: mcp-user, namespace: $APP_NS, labels: {app: mcp-user, mcp.civic.com/inject: enabled}}
+spec:
+  serviceAccountName: $APP_SA
+  containers:
+    - name: app
+      image: $WORKLOAD_IMAGE
+      imagePullPolicy: Never
+      args: [serve, --header-file, Authorization=/user/authorization]
+      securityContext: $restricted
+      volumeMounts: [{name: user, mountPath: /user, readOnly: true}]
+  volumes: [{name: user, secret: {secretName: alice-token}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: mcp-static, namespace: $APP_NS, labels: {app: mcp-static, mcp.civic.com/inject: enabled}}
+spec:
+  serviceAccountName: $APP_SA
+  terminationGracePeriodSeconds: 10
+  containers:
+    - {name: app, image: $WORKLOAD_IMAGE, imagePullPolicy: Never, args: [serve], securityContext: $restricted}
+EOF
+kubectl -n "$APP_NS" wait pod/mcp-user pod/mcp-static --for=condition=Ready --timeout=180s
+user_first=$(kubectl -n "$APP_NS" logs mcp-user -c app | json_event first_call)
+[ "$(jq -r .ok <<<"$user_first")" = true ] || die "per-user first call failed: $user_first"
+jq -r .whoami <<<"$user_first" | grep -q "system:serviceaccount:$APP_NS:alice" || die "per-user call ran as another subject: $user_first"
+no_user=$(kubectl -n "$APP_NS" exec mcp-user -c app -- /mcp-workload call) && die "a per-user call without the user's header succeeded: $no_user"
+static_first=$(kubectl -n "$APP_NS" logs mcp-static -c app | json_event first_call)
+[ "$(jq -r .ok <<<"$static_first")" = true ] || die "static-token first call failed: $static_first"
+jq -r .whoami <<<"$static_first" | grep -q 'static-agent' || die "static-token call ran as another subject: $static_first"
+pass "per-user binding: the call runs as the header's user (alice) and is refused without it; static-token binding: runs as static-agent"
+
+log "pod deletion: the app stops first, the sidecar last"
+kubectl -n "$APP_NS" get pod mcp-static -o json --watch-only >"$work/deletion.jsonl" &
+watcher=$!
+sleep 1
+kubectl -n "$APP_NS" delete pod mcp-static --wait=true --timeout=60s
+sleep 1
+kill "$watcher" 2>/dev/null || true
+wait "$watcher" 2>/dev/null || true
+final=$(jq -cs '[.[] | select([.status.containerStatuses[]?, .status.initContainerStatuses[]? | .state.terminated] | all(. != null))] | last' "$work/deletion.jsonl")
+[ "$final" != null ] || die "no status with every container terminated was seen while deleting mcp-static"
+app_end=$(jq -r '.status.containerStatuses[] | select(.name == "app") | .state.terminated | "\(.exitCode) \(.finishedAt)"' <<<"$final")
+sidecar_end=$(jq -r '.status.initContainerStatuses[] | select(.name == "civic-sidecar") | .state.terminated | "\(.exitCode) \(.finishedAt)"' <<<"$final")
+[ "${app_end%% *}" = 0 ] || die "the app did not exit cleanly on SIGTERM: $app_end"
+[[ ! "${sidecar_end#* }" < "${app_end#* }" ]] || die "the sidecar ($sidecar_end) stopped before the app ($app_end)"
+pass "deleted mcp-static: app exited 0 at ${app_end#* }, sidecar stopped at ${sidecar_end#* } (exit ${sidecar_end%% *})"
+
+# ---------------------------------------------------------------------------------------------
 labelled_pod() { # $1 name, $2 labelled (true/false)
   local labels="{app: probe}"
   [ "$2" = true ] && labels="{app: mcp-client, mcp.civic.com/inject: enabled}"
@@ -461,14 +530,32 @@ helm upgrade "$RELEASE" charts/civic-mcp --namespace "$OPERATOR_NS" --reuse-valu
   --set operator.logLevel=debug --wait --timeout 5m
 kubectl -n "$OPERATOR_NS" rollout status "deploy/$RELEASE" --timeout=180s
 retry 60 2 ca_bundle_filled || die "caBundle lost in the upgrade"
+# A rolling update under calls: every call made into a pod that was not already on its way out
+# must succeed (a pod picked just before its deletion is skipped, not counted).
 kubectl -n "$APP_NS" rollout restart deploy/mcp-client
-kubectl -n "$APP_NS" rollout status deploy/mcp-client --timeout=180s
-retry 60 3 check_mcp || die "MCP calls failed after the upgrade"
-pass "after helm upgrade a restarted pod is injected and calls the hub"
+calls_ok=0
+calls_skipped=0
+rolled() { kubectl -n "$APP_NS" rollout status deploy/mcp-client --timeout=1s >/dev/null 2>&1; }
+roll_start=$SECONDS
+until rolled && [ "$calls_ok" -ge 3 ]; do
+  ((SECONDS - roll_start < 240)) || die "the rolling update did not finish in 240 s"
+  target=$(app_pod) || { sleep 1; continue; }
+  if out=$(kubectl -n "$APP_NS" exec "$target" -c app -- /mcp-workload call 2>/dev/null) &&
+    [ "$(jq -r .ok <<<"$out")" = true ]; then
+    calls_ok=$((calls_ok + 1))
+  elif [ -n "$(kubectl -n "$APP_NS" get pod "$target" -o jsonpath='{.metadata.deletionTimestamp}' --ignore-not-found)" ] ||
+    ! kubectl -n "$APP_NS" get pod "$target" >/dev/null 2>&1; then
+    calls_skipped=$((calls_skipped + 1))
+  else
+    die "a call failed during the rolling update, into $target, which was not terminating: $out"
+  fi
+done
+check_mcp || die "MCP calls failed after the upgrade"
+pass "after helm upgrade, a rolling update under calls: $calls_ok calls succeeded, 0 failed ($calls_skipped into pods already terminating skipped); the new pod is injected and calls the hub"
 
 log "helm uninstall"
 capture "$CAPTURE_DIR"
-kubectl -n "$APP_NS" delete deploy/mcp-client job/mcp-job --wait=true
+kubectl -n "$APP_NS" delete deploy/mcp-client job/mcp-job pod/mcp-user --wait=true
 helm uninstall "$RELEASE" --namespace "$OPERATOR_NS" --wait --timeout 5m
 namespaced_kinds=$(kubectl api-resources --verbs=list --namespaced -o name | grep -v '^events')
 leftovers() {

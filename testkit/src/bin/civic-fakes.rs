@@ -359,6 +359,8 @@ fn rejection_reply(reason: Rejection) -> AuthReply {
 struct Fakes {
     client_id: String,
     audience: String,
+    /// The profile tokens minted through the control port are locked to.
+    profile_id: String,
     /// `Some`: subject tokens are verified against the cluster's keys (`--jwks-file`).
     jwks: Option<Jwks>,
     secrets: Mutex<Vec<String>>,
@@ -631,6 +633,27 @@ async fn control(
             eprintln!("civic-fakes: now accepting {n} client secret(s)");
             text(StatusCode::OK, format!("{n}\n"), "text/plain")
         }
+        // A ready access token for a static-token binding (a Secret the test makes): what a
+        // user would copy from the Civic app. The body is the token's subject.
+        (Method::POST, "/mint") => {
+            let body = body
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let sub = String::from_utf8_lossy(&body).trim().to_owned();
+            if sub.is_empty() || sub.chars().any(char::is_control) {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "subject required\n".into(),
+                    "text/plain",
+                );
+            }
+            let token =
+                jwt::mint_access(&sub, Some(jwt::now_unix() + 3600), Some(&fakes.profile_id));
+            eprintln!("civic-fakes: minted a static token for one subject");
+            text(StatusCode::OK, token, "text/plain")
+        }
         (Method::POST, "/revoke") => {
             let tokens = std::mem::take(&mut *fakes.issued_tokens.lock().unwrap());
             for t in &tokens {
@@ -696,6 +719,7 @@ async fn main() -> anyhow::Result<()> {
     let fakes = Arc::new(Fakes {
         client_id: args.client_id.clone(),
         audience: args.audience.clone(),
+        profile_id: args.profile_id.clone(),
         jwks,
         secrets: Mutex::new(secrets),
         issued_tokens: Mutex::new(Vec::new()),
@@ -738,6 +762,7 @@ mod tests {
     fn fakes() -> Fakes {
         Fakes {
             client_id: "client".into(),
+            profile_id: "prof-1".into(),
             audience: "civic".into(),
             jwks: None,
             secrets: Mutex::new(vec!["s1".into()]),
