@@ -132,14 +132,11 @@ printf '%s\n' "$secret_v1" >"$work/client-secrets"
 issuer=$(kubectl get --raw /.well-known/openid-configuration | jq -er .issuer)
 kubectl get --raw /openid/v1/jwks >"$work/jwks.json"
 jq -e '.keys | length >= 1' "$work/jwks.json" >/dev/null || die "the cluster serves no JWKS"
-fakes_verify=("--jwks-file=/jwks/jwks.json" "--issuer=$issuer")
 
 kubectl create namespace "$FAKES_NS"
 kubectl -n "$FAKES_NS" create secret tls fakes-tls --cert="$work/tls.crt" --key="$work/tls.key"
 kubectl -n "$FAKES_NS" create secret generic fakes-client --from-file=secrets="$work/client-secrets"
 kubectl -n "$FAKES_NS" create configmap cluster-jwks --from-file=jwks.json="$work/jwks.json"
-fakes_args=""
-for a in "${fakes_verify[@]}"; do fakes_args+="            - $a"$'\n'; done
 kubectl apply -f - <<EOF
 apiVersion: apps/v1
 kind: Deployment
@@ -163,7 +160,10 @@ spec:
             - --client-secret-file=/client/secrets
             - --profile-id=$PROFILE_ID
             - --audience=civic
-$fakes_args          ports:
+            # Verify subject tokens as Civic Auth would: the cluster's issuer and keys.
+            - --jwks-file=/jwks/jwks.json
+            - --issuer=$issuer
+          ports:
             - {name: auth, containerPort: 8443}
             - {name: hub, containerPort: 9443}
             - {name: control, containerPort: 8080}

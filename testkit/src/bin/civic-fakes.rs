@@ -618,11 +618,7 @@ async fn control(
             "application/json",
         ),
         (Method::PUT, "/client-secrets") => {
-            let body = body
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
+            let body = read_body(body).await;
             let secrets = parse_secrets(&String::from_utf8_lossy(&body));
             if secrets.is_empty() {
                 return text(StatusCode::BAD_REQUEST, "no secrets\n".into(), "text/plain");
@@ -636,11 +632,7 @@ async fn control(
         // A ready access token for a static-token binding (a Secret the test makes): what a
         // user would copy from the Civic app. The body is the token's subject.
         (Method::POST, "/mint") => {
-            let body = body
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
+            let body = read_body(body).await;
             let sub = String::from_utf8_lossy(&body).trim().to_owned();
             if sub.is_empty() || sub.chars().any(char::is_control) {
                 return text(
@@ -664,6 +656,14 @@ async fn control(
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
     }
+}
+
+/// The whole request body; an aborted upload reads as empty (and is refused as such).
+async fn read_body(body: Incoming) -> Bytes {
+    body.collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default()
 }
 
 fn parse_secrets(text: &str) -> Vec<String> {
