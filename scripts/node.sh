@@ -42,8 +42,9 @@ NODE_VETH=civic-link
 VOID=civic-void
 EGRESS_CHAIN=CIVIC-EGRESS
 CGROUP_NAME=civic-node
-# The host-wide paths the kubelet and the CNI library write whatever their flags say.
-HOST_PATHS=(/var/log/pods /var/log/containers /var/lib/cni /var/lib/kubelet)
+# The host-wide paths the kubelet, the CNI library and containerd's shims (their sockets) write
+# whatever their flags say.
+HOST_PATHS=(/var/log/pods /var/log/containers /var/lib/cni /var/lib/kubelet /run/containerd)
 # Start order; `down` stops them in reverse.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy coredns)
 
