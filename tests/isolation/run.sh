@@ -50,6 +50,16 @@ checks=0
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  # $! of a backgrounded in_pod is the subshell that runs the function, not the sidecar or the
+  # fakes it started: stop whatever still runs inside the namespaces, by PID, before they go.
+  local ns pid left=()
+  for ns in "$pod" "$other"; do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill "$pid" 2>/dev/null && left+=("$pid"); done
+  done
+  # The sidecar drains on SIGTERM; give each up to 5 s before the namespaces go.
+  for pid in "${left[@]}"; do
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  done
   ip netns del "$pod" 2>/dev/null || true
   ip netns del "$other" 2>/dev/null || true
   rm -rf "$work"
