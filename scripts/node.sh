@@ -98,7 +98,8 @@ admin_curl() {
   curl -sS --fail --max-time 5 --cacert "$NODE_DIR/pki/ca.crt" \
     -H "Authorization: Bearer $(token_of admin)" "https://$HOST_LINK_NODE:$APISERVER_PORT$1"
 }
-token_of() { awk -F, -v u="$1" '$5 == u { print $1 }' "$NODE_DIR/pki/tokens.meta"; }
+# The token of a component by its id (column 3 of the apiserver's token file).
+token_of() { awk -F, -v id="$1" '$3 == id { print $1 }' "$NODE_DIR/pki/tokens.csv"; }
 kubectl_node() { KUBECONFIG="$(kubeconfig_host)" kubectl "$@"; }
 
 # ---------------------------------------------------------------------------------------------
@@ -187,16 +188,15 @@ pki_up() {
     issue apiserver-kubelet-client "/CN=kube-apiserver-kubelet-client" "" clientAuth
     openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key 2>/dev/null
     openssl pkey -in sa.key -pubout -out sa.pub
-    # token,user,uid,"groups"; tokens.meta repeats the user in column 5 for token_of.
+    # token,user,uid,"groups": the uid is the component's id, which token_of looks up.
     : >tokens.csv
-    : >tokens.meta
     add_token admin civic-node-admin system:masters
     add_token kubelet "system:node:$NODE_NAME" system:nodes
     add_token controller-manager system:kube-controller-manager ""
     add_token scheduler system:kube-scheduler ""
     add_token kube-proxy system:kube-proxy ""
     add_token coredns node-tier:coredns ""
-    chmod 600 ./*.key tokens.csv tokens.meta
+    chmod 600 ./*.key tokens.csv
   )
   touch "$p/.done"
 }
@@ -219,7 +219,6 @@ add_token() {
   local id=$1 user=$2 groups=$3 token
   token=$(openssl rand -hex 24)
   printf '%s,%s,%s,"%s"\n' "$token" "$user" "$id" "$groups" >>tokens.csv
-  printf '%s,%s,%s,%s,%s\n' "$token" "$user" "$id" "$groups" "$id" >>tokens.meta
 }
 
 # kubeconfig FILE TOKEN-ID SERVER
@@ -516,7 +515,7 @@ cmd_up() {
 # ---------------------------------------------------------------------------------------------
 # down
 
-# stop_pid NAME: SIGTERM, then SIGKILL after a grace period.
+# stop_component NAME: SIGTERM, then SIGKILL after a grace period.
 stop_component() {
   local name=$1 pid i
   pid=$(cat "$(pid_file "$name")" 2>/dev/null) || return 0
@@ -572,7 +571,7 @@ cmd_down() {
   [[ $(id -u) == 0 ]] || die "run as root"
   local i start=$SECONDS
   # The kubelet first, so it restarts nothing; then the pods (crictl tears their sandboxes and
-  # networks down through containerd), then the rest in reverse order.
+  # networks down through containerd), then the rest.
   stop_component kubelet
   if running containerd && [[ -x $NODE_TOOLS_BIN/crictl ]]; then
     timeout 60 "$NODE_TOOLS_BIN/crictl" --runtime-endpoint "unix://$NODE_DIR/containerd/containerd.sock" \
@@ -608,7 +607,6 @@ remove_host_paths() {
   # Symlinks into this node's pod logs, and the CNI cache of its network.
   find /var/log/containers -maxdepth 1 -type l -lname "$NODE_DIR/*" -delete 2>/dev/null || true
   rm -rf /var/lib/cni/results/civic-node-* 2>/dev/null || true
-  rmdir /run/containerd 2>/dev/null || true
 }
 
 # ---------------------------------------------------------------------------------------------
