@@ -51,9 +51,9 @@ capture() {
   kubectl get events -A -o json >"$dir/cluster-events.json" 2>/dev/null || true
   kubectl get pods -A -o json >"$dir/cluster-pods.json" 2>/dev/null || true
   kubectl get civicintegrations -A -o json >"$dir/cluster-civicintegrations.json" 2>/dev/null || true
-  kubectl get pods -A -o json 2>/dev/null |
-    jq -r '.items[] | .metadata.namespace as $ns | .metadata.name as $p
-           | ((.spec.initContainers // []) + .spec.containers)[] | "\($ns) \($p) \(.name)"' 2>/dev/null |
+  jq -r '.items[] | .metadata.namespace as $ns | .metadata.name as $p
+         | ((.spec.initContainers // []) + .spec.containers)[] | "\($ns) \($p) \(.name)"' \
+    "$dir/cluster-pods.json" 2>/dev/null |
     while read -r ns pod c; do
       kubectl -n "$ns" logs "$pod" -c "$c" >"$dir/pods/${ns}_${pod}_${c}.log" 2>/dev/null || true
       kubectl -n "$ns" logs "$pod" -c "$c" --previous >>"$dir/pods/${ns}_${pod}_${c}.log" 2>/dev/null || true

@@ -342,15 +342,14 @@ app_secret_mounts=$(jq '
 started() { # container name -> startedAt (running)
   jq -r --arg c "$1" '[(.status.initContainerStatuses // [])[], .status.containerStatuses[] | select(.name == $c)][0].state.running.startedAt // empty' <<<"$pod_json"
 }
-pod_json=$(kubectl -n "$APP_NS" get pod "$pod" -o json)
 t_sidecar=$(started civic-sidecar)
 t_app=$(started app)
 { [ -n "$t_sidecar" ] && [ -n "$t_app" ]; } || die "start times missing: sidecar '$t_sidecar' app '$t_app'"
 [[ ! "$t_app" < "$t_sidecar" ]] || die "the app ($t_app) started before the sidecar ($t_sidecar)"
-first=$(kubectl -n "$APP_NS" logs "$pod" -c app | json_event first_call)
-[ "$(jq -r .ok <<<"$first")" = true ] || die "the app's first MCP call failed: $first"
-first_helper=$(kubectl -n "$APP_NS" logs "$pod" -c helper | json_event first_call)
-[ "$(jq -r .ok <<<"$first_helper")" = true ] || die "the helper's first MCP call failed: $first_helper"
+for c in app helper; do
+  first=$(kubectl -n "$APP_NS" logs "$pod" -c "$c" | json_event first_call)
+  [ "$(jq -r .ok <<<"$first")" = true ] || die "the $c container's first MCP call failed: $first"
+done
 restarts() {
   kubectl -n "$APP_NS" get pod "$pod" -o json |
     jq '[(.status.initContainerStatuses // [])[], .status.containerStatuses[] | .restartCount] | add'
@@ -359,12 +358,13 @@ restarts() {
 pass "pod $pod: native sidecar after the init container, sidecar started $t_sidecar, app $t_app; both apps' first MCP call succeeded with no retry; 0 restarts; restricted PSS admitted it"
 
 # ---------------------------------------------------------------------------------------------
-mcp_call() { # through the sidecar, from the app container: one SDK session
-  kubectl -n "$APP_NS" exec "$(app_pod)" -c app -- /mcp-workload call
-}
+# check_mcp [POD]: one SDK session through the sidecar, from the app container of POD (default:
+# the running app pod), with a profile-locked token for the app's ServiceAccount; says on
+# stderr what was wrong.
 check_mcp() {
-  local out
-  out=$(mcp_call) || { printf '%s\n' "$out" >&2; return 1; }
+  local out target=${1:-}
+  [ -n "$target" ] || target=$(app_pod) || return 1
+  out=$(kubectl -n "$APP_NS" exec "$target" -c app -- /mcp-workload call) || { printf '%s\n' "$out" >&2; return 1; }
   [ "$(jq -r .ok <<<"$out")" = true ] || { echo "call failed: $out" >&2; return 1; }
   jq -e '.tools | index("whoami")' <<<"$out" >/dev/null || { echo "tools/list lacks whoami: $out" >&2; return 1; }
   jq -r .whoami <<<"$out" | grep -q "$PROFILE_ID" || { echo "whoami shows no profile-locked token: $out" >&2; return 1; }
@@ -540,14 +540,13 @@ roll_start=$SECONDS
 until rolled && [ "$calls_ok" -ge 3 ]; do
   ((SECONDS - roll_start < 240)) || die "the rolling update did not finish in 240 s"
   target=$(app_pod) || { sleep 1; continue; }
-  if out=$(kubectl -n "$APP_NS" exec "$target" -c app -- /mcp-workload call 2>/dev/null) &&
-    [ "$(jq -r .ok <<<"$out")" = true ]; then
+  if why=$(check_mcp "$target" 2>&1); then
     calls_ok=$((calls_ok + 1))
   elif [ -n "$(kubectl -n "$APP_NS" get pod "$target" -o jsonpath='{.metadata.deletionTimestamp}' --ignore-not-found)" ] ||
     ! kubectl -n "$APP_NS" get pod "$target" >/dev/null 2>&1; then
     calls_skipped=$((calls_skipped + 1))
   else
-    die "a call failed during the rolling update, into $target, which was not terminating: $out"
+    die "a call failed during the rolling update, into $target, which was not terminating: $why"
   fi
 done
 check_mcp || die "MCP calls failed after the upgrade"
