@@ -190,11 +190,28 @@ pub struct RequestHeaderSubject {
     /// Header name, e.g. `Authorization` (a `Bearer ` prefix is removed).
     #[serde(default = "default_subject_header")]
     #[schemars(length(min = 1, max = 256), regex(pattern = HEADER_NAME_PATTERN))]
-    #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": "!(self.lowerAscii() in ['host', 'connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'proxy-authenticate', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'content-length', 'content-type', 'content-encoding', 'accept', 'x-civic-profile-id']) && !self.lowerAscii().startsWith('mcp-')",
-         "message": "cannot carry a subject token: hop-by-hop, framing, MCP and profile headers are reserved"}
-    ]))]
+    #[schemars(transform = reserved_subject_header_rule)]
     pub name: String,
+}
+
+/// The CEL rule refusing the headers [`crate::validation`] reserves, built from its list so the
+/// schema and the operator's check cannot drift apart.
+fn reserved_subject_header_rule(schema: &mut schemars::Schema) {
+    let reserved: Vec<String> = crate::validation::RESERVED_SUBJECT_HEADERS
+        .iter()
+        .map(|h| format!("'{h}'"))
+        .collect();
+    let rule = format!(
+        "!(self.lowerAscii() in [{}]) && !self.lowerAscii().startsWith('mcp-')",
+        reserved.join(", ")
+    );
+    schema.insert(
+        "x-kubernetes-validations".to_owned(),
+        serde_json::json!([{
+            "rule": rule,
+            "message": "cannot carry a subject token: hop-by-hop, framing, MCP and profile headers are reserved",
+        }]),
+    );
 }
 
 /// Overrides of the chart's sidecar defaults.

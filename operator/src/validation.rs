@@ -19,7 +19,7 @@ const MAX_SA_TOKEN_EXPIRATION_SECONDS: i64 = 1 << 32;
 
 /// Headers a subject token can never arrive in: hop-by-hop, framing, and headers the sidecar
 /// itself sets or must forward unchanged.
-const RESERVED_SUBJECT_HEADERS: &[&str] = &[
+pub(crate) const RESERVED_SUBJECT_HEADERS: &[&str] = &[
     "host",
     "connection",
     "keep-alive",
@@ -706,7 +706,7 @@ mod tests {
             .collect();
         assert_eq!(
             in_cel, RESERVED_SUBJECT_HEADERS,
-            "keep crd.rs's CEL list in step"
+            "the CRD rule lists exactly the reserved headers"
         );
     }
 }
