@@ -16,8 +16,11 @@
 #   3. initialize / tools/list / tools/call through the sidecar to the fakes, with a token
 #      locked to the binding's profile for the pod's own ServiceAccount (the fake Civic Auth
 #      verifies the projected token against the cluster's JWKS when it can);
-#   4. a client-secret rotation is picked up with no container restart;
-#   5. a Job with the sidecar completes;
+#   4. a client-secret rotation is picked up with no container restart, and so is the kubelet's
+#      refresh of the projected subject token (600 s, the shortest Kubernetes allows: refreshed
+#      at 80 %, so this check waits about eight minutes, overlapped with the rest of the suite);
+#   5. a Job with the sidecar completes; deleting a pod stops the app first, its open SSE stream
+#      finishes through the sidecar, the sidecar stops last;
 #   6. deleting the leader pod fails over and injection continues; with the operator scaled to
 #      0, labelled pods are refused with a message and unlabelled pods are not; back at 2,
 #      labelled pods are admitted again;
@@ -284,15 +287,35 @@ spec:
       profileId: $PROFILE_ID
       subject:
         serviceAccountToken: {audience: civic, expirationSeconds: 600}
+    - name: rotate
+      podSelector: {matchLabels: {app: mcp-rotate}}
+      profileId: $PROFILE_ID
+      subject:
+        serviceAccountToken: {audience: civic, expirationSeconds: 600}
 EOF
 kubectl -n "$APP_NS" wait civicintegration/e2e --for=condition=Ready --timeout=120s
 columns=$(kubectl -n "$APP_NS" get civic e2e | head -1)
 for c in NAME READY BINDINGS AGE; do grep -qw "$c" <<<"$columns" || die "kubectl get civic lacks column $c: $columns"; done
 pass "CivicIntegration Ready (credentials probed against the fake Civic Auth); columns: $columns"
 
+# The kubelet refreshes a projected token only after 80 % of its lifetime, and 600 s is the
+# shortest lifetime the apiserver accepts: this pod starts now, its check comes at the end.
+restricted='{allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, runAsNonRoot: true, capabilities: {drop: [ALL]}, seccompProfile: {type: RuntimeDefault}}'
+ROTATE_SUB=system:serviceaccount:$APP_NS:rotator
+kubectl -n "$APP_NS" create serviceaccount rotator
+kubectl apply -f - <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: mcp-rotate, namespace: $APP_NS, labels: {app: mcp-rotate, mcp.civic.com/inject: enabled}}
+spec:
+  serviceAccountName: rotator
+  terminationGracePeriodSeconds: 10
+  containers:
+    - {name: app, image: $WORKLOAD_IMAGE, imagePullPolicy: Never, args: [serve], securityContext: $restricted}
+EOF
+
 # ---------------------------------------------------------------------------------------------
 log "labelled workload: two app containers and an init container"
-restricted='{allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, runAsNonRoot: true, capabilities: {drop: [ALL]}, seccompProfile: {type: RuntimeDefault}}'
 kubectl apply -f - <<EOF
 apiVersion: v1
 kind: ServiceAccount
@@ -459,7 +482,9 @@ spec:
   serviceAccountName: $APP_SA
   terminationGracePeriodSeconds: 10
   containers:
-    - {name: app, image: $WORKLOAD_IMAGE, imagePullPolicy: Never, args: [serve], securityContext: $restricted}
+    # Keeps a countdown call (8 progress events over 4 s on one SSE stream) open, for the
+    # deletion check below.
+    - {name: app, image: $WORKLOAD_IMAGE, imagePullPolicy: Never, args: [serve, --stream, "8"], securityContext: $restricted}
 EOF
 kubectl -n "$APP_NS" wait pod/mcp-user pod/mcp-static --for=condition=Ready --timeout=180s
 user_first=$(kubectl -n "$APP_NS" logs mcp-user -c app | json_event first_call)
@@ -471,7 +496,9 @@ static_first=$(kubectl -n "$APP_NS" logs mcp-static -c app | json_event first_ca
 jq -r .whoami <<<"$static_first" | grep -q 'static-agent' || die "static-token call ran as another subject: $static_first"
 pass "per-user binding: the call runs as the header's user (alice) and is refused without it; static-token binding: runs as static-agent"
 
-log "pod deletion: the app stops first, the sidecar last"
+log "pod deletion: the app stops first, its open stream finishes, the sidecar stops last"
+streaming() { kubectl -n "$APP_NS" logs mcp-static -c app | json_event streaming | grep -q .; }
+retry 60 1 streaming || die "mcp-static never opened its countdown stream"
 kubectl -n "$APP_NS" get pod mcp-static -o json --watch-only >"$work/deletion.jsonl" &
 watcher=$!
 sleep 1
@@ -483,9 +510,13 @@ final=$(jq -cs '[.[] | select([.status.containerStatuses[]?, .status.initContain
 [ "$final" != null ] || die "no status with every container terminated was seen while deleting mcp-static"
 app_end=$(jq -r '.status.containerStatuses[] | select(.name == "app") | .state.terminated | "\(.exitCode) \(.finishedAt)"' <<<"$final")
 sidecar_end=$(jq -r '.status.initContainerStatuses[] | select(.name == "civic-sidecar") | .state.terminated | "\(.exitCode) \(.finishedAt)"' <<<"$final")
+# What the app wrote to its termination log: the countdown call open at SIGTERM, carried to its end.
+stream_end=$(jq -r '.status.containerStatuses[] | select(.name == "app") | .state.terminated.message // empty' <<<"$final")
+jq -e --argjson steps 8 '.event == "stream" and .ok and .open_at_signal and .progress == $steps' <<<"$stream_end" >/dev/null ||
+  die "the app's open stream did not finish through the sidecar: ${stream_end:-no termination message}"
 [ "${app_end%% *}" = 0 ] || die "the app did not exit cleanly on SIGTERM: $app_end"
 [[ ! "${sidecar_end#* }" < "${app_end#* }" ]] || die "the sidecar ($sidecar_end) stopped before the app ($app_end)"
-pass "deleted mcp-static: app exited 0 at ${app_end#* }, sidecar stopped at ${sidecar_end#* } (exit ${sidecar_end%% *})"
+pass "deleted mcp-static: the countdown stream open at SIGTERM got all 8 events and its result ($(jq -r .result <<<"$stream_end")), app exited 0 at ${app_end#* }, sidecar stopped at ${sidecar_end#* } (exit ${sidecar_end%% *})"
 
 # ---------------------------------------------------------------------------------------------
 labelled_pod() { # $1 name, $2 labelled (true/false)
@@ -552,9 +583,34 @@ done
 check_mcp || die "MCP calls failed after the upgrade"
 pass "after helm upgrade, a rolling update under calls: $calls_ok calls succeeded, 0 failed ($calls_skipped into pods already terminating skipped); the new pod is injected and calls the hub"
 
+# ---------------------------------------------------------------------------------------------
+log "subject-token rotation by the kubelet (mcp-rotate, 600 s token)"
+rotate_iats() { fakes_stats | jq -c --arg s "$ROTATE_SUB" '.subject_issued_at[$s] // []'; }
+rotate_calls=0
+# A call every 15 s: each must succeed, and once the kubelet has rewritten the token file the
+# sidecar's next exchange presents the new token (the fake Civic Auth verifies it again).
+subject_rotated() {
+  local out
+  out=$(kubectl -n "$APP_NS" exec mcp-rotate -c app -- /mcp-workload call) ||
+    die "a call through mcp-rotate failed while waiting for the rotation: $out"
+  jq -r .whoami <<<"$out" | grep -q "$ROTATE_SUB" || die "mcp-rotate called as another subject: $out"
+  rotate_calls=$((rotate_calls + 1))
+  [ "$(rotate_iats | jq length)" -ge 2 ]
+}
+rotate_pod_json=$(kubectl -n "$APP_NS" get pod mcp-rotate -o json)
+rotate_started=$(jq -r '.status.startTime' <<<"$rotate_pod_json")
+rotate_age=$(($(date +%s) - $(date -d "$rotate_started" +%s)))
+# Refresh due at 480 s (less up to 10 s of jitter), seen at the kubelet's next volume sync.
+retry $((720 - rotate_age)) 15 subject_rotated ||
+  die "the sidecar never exchanged a refreshed subject token (issue times seen: $(rotate_iats))"
+iats=$(rotate_iats)
+[ "$(kubectl -n "$APP_NS" get pod mcp-rotate -o json | jq '[.status.initContainerStatuses[]?, .status.containerStatuses[] | .restartCount] | add')" = 0 ] ||
+  die "containers of mcp-rotate restarted"
+pass "subject token refreshed by the kubelet after $(jq '.[1] - .[0]' <<<"$iats") s and used by the sidecar's next exchange (issue times $iats), $rotate_calls calls all succeeded, 0 restarts"
+
 log "helm uninstall"
 capture "$CAPTURE_DIR"
-kubectl -n "$APP_NS" delete deploy/mcp-client job/mcp-job pod/mcp-user --wait=true
+kubectl -n "$APP_NS" delete deploy/mcp-client job/mcp-job pod/mcp-user pod/mcp-rotate --wait=true
 helm uninstall "$RELEASE" --namespace "$OPERATOR_NS" --wait --timeout 5m
 namespaced_kinds=$(kubectl api-resources --verbs=list --namespaced -o name | grep -v '^events')
 leftovers() {

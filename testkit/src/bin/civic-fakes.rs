@@ -11,21 +11,23 @@
 //!   issues HS256 access tokens carrying `civic_profile` when the exchange asked for it.
 //! - Fake hub (`FakeHub`): `/hub/mcp` accepts only unrevoked tokens the fake Auth issued whose
 //!   `civic_profile` claim is `--profile-id`, and answers like the hub: SSE `event: message`
-//!   frames, an `Mcp-Session-Id`, the tools `whoami` (the token's `sub` and `civic_profile`).
+//!   frames, an `Mcp-Session-Id`, the tools `whoami` (the token's `sub` and `civic_profile`) and
+//!   `countdown` (a long SSE stream: `steps` progress notifications `intervalMs` apart, then the
+//!   result), so a test can hold a stream open across a pod's deletion.
 //! - Both fakes listen on loopback (as in every other test); this binary fronts each with a TLS
 //!   terminating TCP relay on `0.0.0.0` using `--tls-cert`/`--tls-key`, because the sidecar and
 //!   the CRD accept plain HTTP only on loopback.
 //! - Control port (plain HTTP): `GET /healthz`, `GET /stats`, `PUT /client-secrets` (one
 //!   secret per line), `POST /revoke` (the hub rejects every token issued so far).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use base64::Engine as _;
@@ -104,7 +106,13 @@ struct Stats {
     subject_rejected_by_reason: Mutex<BTreeMap<&'static str, usize>>,
     /// Exchanges whose subject passed JWKS verification: proof the signature was checked.
     subject_verified_with_jwks: AtomicUsize,
+    /// The distinct `iat` of accepted subject tokens per subject (`sub`, never the token):
+    /// a new value is a rotated subject token, e.g. the kubelet's refresh of a projected one.
+    subject_issued_at: Mutex<BTreeMap<String, BTreeSet<u64>>>,
 }
+
+/// Bound of `subject_issued_at` per subject, so a long run cannot grow it without limit.
+const MAX_ISSUED_AT_PER_SUBJECT: usize = 64;
 
 /// Why a subject token was refused in JWKS mode. The description is what the client sees as
 /// `error_description` and what is logged; it never contains token content.
@@ -434,6 +442,13 @@ impl Fakes {
         }
         let claims = jwt::decode_unverified(subject).unwrap_or_default();
         let sub = claims["sub"].as_str().unwrap_or("unknown");
+        if let Some(iat) = claims["iat"].as_u64() {
+            let mut by_subject = self.stats.subject_issued_at.lock().unwrap();
+            let seen = by_subject.entry(sub.to_owned()).or_default();
+            if seen.len() < MAX_ISSUED_AT_PER_SUBJECT {
+                seen.insert(iat);
+            }
+        }
         let profile = req.field("civic_profile");
         if profile.is_some() {
             self.stats.profile_locked.fetch_add(1, Ordering::Relaxed);
@@ -488,6 +503,7 @@ impl Fakes {
             "subject_rejected": s.subject_rejected.load(Ordering::Relaxed),
             "subject_rejected_by_reason": *s.subject_rejected_by_reason.lock().unwrap(),
             "subject_verified_with_jwks": s.subject_verified_with_jwks.load(Ordering::Relaxed),
+            "subject_issued_at": *s.subject_issued_at.lock().unwrap(),
             "hub_requests": requests.len(),
             "hub_authorized": requests.iter().filter(|r| r.authorized).count(),
             "hub_with_profile_header": requests
@@ -505,6 +521,40 @@ fn profile_locked_validator(profile: String) -> impl Fn(&str) -> bool + Send + S
             && jwt::verify(token)
                 .is_ok_and(|c| c.get("civic_profile").and_then(Value::as_str) == Some(&profile))
     }
+}
+
+const COUNTDOWN_MAX_STEPS: u64 = 50;
+const COUNTDOWN_MAX_INTERVAL_MS: u64 = 2_000;
+
+/// The `countdown` tool: one SSE response held open for `steps × intervalMs`, a
+/// `notifications/progress` per step (when the call carries a progress token), then the result.
+fn countdown(msg: &Value) -> HubReply {
+    let args = &msg["params"]["arguments"];
+    let steps = args["steps"]
+        .as_u64()
+        .unwrap_or(5)
+        .clamp(1, COUNTDOWN_MAX_STEPS);
+    let interval = args["intervalMs"]
+        .as_u64()
+        .unwrap_or(500)
+        .min(COUNTDOWN_MAX_INTERVAL_MS);
+    let token = &msg["params"]["_meta"]["progressToken"];
+    let mut frames = Vec::new();
+    for step in 1..=steps {
+        frames.push(civic_testkit::SseStep::Wait(Duration::from_millis(
+            interval,
+        )));
+        if !token.is_null() {
+            let progress = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                "params": {"progressToken": token, "progress": step, "total": steps}});
+            frames.push(civic_testkit::SseStep::Event(sse_message(&progress)));
+        }
+    }
+    let text = format!("counted {steps}");
+    let result = json!({"jsonrpc": "2.0", "id": msg["id"],
+        "result": {"content": [{"type": "text", "text": text}], "isError": false}});
+    frames.push(civic_testkit::SseStep::Event(sse_message(&result)));
+    HubReply::sse(frames)
 }
 
 /// Answers like the hub: SSE `event: message` frames, a session on initialize.
@@ -534,7 +584,15 @@ fn hub_reply(req: &RecordedRequest) -> HubReply {
             "name": "whoami",
             "description": "The subject and profile of the token the hub received",
             "inputSchema": {"type": "object", "properties": {}},
+        }, {
+            "name": "countdown",
+            "description": "Streams `steps` progress notifications `intervalMs` apart, then answers",
+            "inputSchema": {"type": "object", "properties": {
+                "steps": {"type": "integer", "minimum": 1, "maximum": COUNTDOWN_MAX_STEPS},
+                "intervalMs": {"type": "integer", "minimum": 0, "maximum": COUNTDOWN_MAX_INTERVAL_MS},
+            }},
         }]}),
+        "tools/call" if msg["params"]["name"] == "countdown" => return countdown(&msg),
         "tools/call" if msg["params"]["name"] == "whoami" => {
             let claims = req
                 .bearer
@@ -1169,7 +1227,7 @@ m+td74KGx3e6eNmO3ZhG1w==
             std::fs::metadata(&target).unwrap().len()
         );
         std::fs::write(&target, rewritten).unwrap();
-        let later = SystemTime::now() + std::time::Duration::from_secs(10);
+        let later = SystemTime::now() + Duration::from_secs(10);
         std::fs::File::options()
             .write(true)
             .open(&target)
@@ -1278,5 +1336,74 @@ m+td74KGx3e6eNmO3ZhG1w==
         ] {
             assert!(stats.get(key).is_some(), "{key} is still reported");
         }
+    }
+
+    #[tokio::test]
+    async fn countdown_holds_one_sse_stream_open_with_a_progress_event_per_step() {
+        let hub = FakeHub::start().await.unwrap();
+        hub.set_responder(hub_reply);
+        let token = jwt::mint_access("agent", Some(jwt::now_unix() + 60), None);
+        let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+            "name": "countdown", "arguments": {"steps": 3, "intervalMs": 100},
+            "_meta": {"progressToken": "p1"}}});
+        let req = Request::post("/hub/mcp")
+            .header("host", hub.addr().to_string())
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(Full::new(Bytes::from(call.to_string())))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let resp = civic_testkit::client::send(hub.addr(), req).await.unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "one wait per step: {} {}",
+            resp.status,
+            resp.text()
+        );
+        assert_eq!(resp.status, 200);
+        let frames: Vec<Value> = resp
+            .text()
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        assert_eq!(frames.len(), 4, "three progress events, then the result");
+        for (i, f) in frames[..3].iter().enumerate() {
+            assert_eq!(f["method"], "notifications/progress");
+            assert_eq!(f["params"]["progressToken"], "p1");
+            assert_eq!(f["params"]["progress"], i + 1);
+        }
+        assert_eq!(frames[3]["id"], 7);
+        assert_eq!(frames[3]["result"]["content"][0]["text"], "counted 3");
+    }
+
+    #[test]
+    fn accepted_subjects_record_their_distinct_issue_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let fakes = fakes_with(jwks_in(&dir, &[(TEST_KEY_A, "key-a")]));
+        let mut claims = projected_claims();
+        for iat in [100, 100, 200] {
+            claims["iat"] = json!(jwt::now_unix() - iat);
+            let _ = fakes.exchange(&request(
+                "s1",
+                &projected(TEST_KEY_A, "key-a", &claims),
+                None,
+            ));
+        }
+        let _ = fakes.exchange(&request(
+            "s1",
+            &projected(TEST_KEY_B, "key-a", &claims),
+            None,
+        ));
+        assert_eq!(fakes.stats.issued.load(Ordering::Relaxed), 3);
+        assert_eq!(fakes.stats.subject_rejected.load(Ordering::Relaxed), 1);
+        let seen = fakes.stats.subject_issued_at.lock().unwrap();
+        assert_eq!(seen.len(), 1, "only the accepted subject");
+        assert_eq!(
+            seen["system:serviceaccount:team:app"].len(),
+            2,
+            "a rotation is one new value"
+        );
     }
 }

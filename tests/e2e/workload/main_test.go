@@ -47,3 +47,19 @@ func TestParseFlags(t *testing.T) {
 		t.Errorf("no URL: %v", err)
 	}
 }
+
+func TestParseStreamFlags(t *testing.T) {
+	t.Setenv("CIVIC_MCP_URL", "http://127.0.0.1:8931/hub/mcp")
+	o, err := parseFlags("serve", []string{"--stream", "8", "--stream-interval", "250ms"})
+	if err != nil || o.streamSteps != 8 || o.streamInterval.Milliseconds() != 250 || o.terminationLog != "/dev/termination-log" {
+		t.Fatalf("parsed %+v, %v", o, err)
+	}
+	for _, bad := range [][]string{{"--stream", "51"}, {"--stream", "-1"}, {"--stream-interval", "3s"}} {
+		if _, err := parseFlags("serve", bad); err == nil {
+			t.Errorf("accepted %v", bad)
+		}
+	}
+	if _, err := parseFlags("call", []string{"--stream", "3"}); err == nil {
+		t.Errorf("--stream is a serve flag only")
+	}
+}
