@@ -94,6 +94,11 @@ write("proxy_request", f"PUT /hub/mcp HTTP/1.1\r\n{H}{AUTH}Content-Length: 0\r\n
 write("proxy_request", f"CONNECT app.civic.com:443 HTTP/1.1\r\n{H}\r\n")
 write("proxy_request", post(extra="Expect: 100-continue\r\n"))
 write("proxy_request", post().replace("\r\n", "\n"))
+write("proxy_request", post("/profiles/support/hub/mcp?profile=x"))
+write("proxy_request", post("/profiles/billing-tools/hub/mcp",
+                            extra="x-civic-profile-id: 00000000-0000-0000-0000-000000000000\r\n"))
+write("proxy_request", post("/profiles/sales/hub/mcp") + post("/profiles/support/../billing-tools/hub/mcp"))
+write("proxy_request", post("/profiles/support%2Fhub%2Fmcp/hub/mcp"))
 
 # admission: AdmissionReviews of the golden pods, plus a few operations and kinds.
 def review(obj, operation="CREATE", kind="Pod", uid="705ab4f5-6393-11e8-b7cc-42010a800002"):

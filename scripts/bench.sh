@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: civic-sidecar vs nginx vs the upstream reached directly, the token
-# cache under load and the webhook handler (DESIGN.md §7, docs/performance.md).
+# cache under load and the webhook handler (docs/architecture.md §7, docs/performance.md).
 # Builds release binaries, installs nginx and wrk from Debian if missing, runs civic-bench.
 # Usage: scripts/bench.sh [--quick] [--pin-cpu 1] [--only proxy,memory,tokens,webhook] [...]
 #        CIVIC_BENCH_MUSL=1 scripts/bench.sh ...   measure the static musl sidecar the image ships

@@ -21,7 +21,7 @@ step "cargo nextest (unit, loopback, SDK peers, kube-apiserver tier)"
 rm -rf target/civic-test-logs
 cargo nextest run --workspace --locked --profile ci --no-tests=fail
 
-step "pod isolation with network namespaces (DESIGN.md §6 tier 6; ~5 s)"
+step "pod isolation with network namespaces (docs/architecture.md §6 tier 6; ~5 s)"
 scan_families="sidecar metrics operator cluster"
 if [ "$(id -u)" -eq 0 ]; then
   bash tests/isolation/run.sh

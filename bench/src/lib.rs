@@ -1,6 +1,6 @@
 //! civic-bench: civic-sidecar measured side by side with nginx and with the upstream reached
 //! directly, in one run, plus the token cache under load and the webhook handler
-//! (DESIGN.md §7, issue 6). `scripts/bench.sh` builds and runs it.
+//! (docs/architecture.md §7, issue 6). `scripts/bench.sh` builds and runs it.
 //!
 //! One run starts a loopback MCP-shaped [`upstream`] (plain and TLS), nginx and the sidecar in
 //! front of it, and then the [`scenarios`]; [`report`] turns the figures into ratios from the

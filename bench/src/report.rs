@@ -1,4 +1,4 @@
-//! The run's report: every figure (JSON), the goals of DESIGN.md §7 marked met or gap, and a
+//! The run's report: every figure (JSON), each goal of docs/architecture.md §7 met or gap, and a
 //! Markdown rendering (printed, and written beside the JSON for docs/performance.md).
 
 use std::fmt::Write as _;
@@ -106,7 +106,7 @@ fn ge(s: &Spread, limit: f64) -> bool {
 }
 
 impl Report {
-    /// Evaluates every goal of DESIGN.md §7 from the figures present.
+    /// Evaluates every goal of docs/architecture.md §7 from the figures present.
     pub fn evaluate(&mut self) {
         let mut goals = Vec::new();
         let missing = |goal, target| Goal {

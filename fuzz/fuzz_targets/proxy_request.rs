@@ -1,11 +1,13 @@
 //! The sidecar's request handling end to end in one process: raw bytes from the workload go
 //! through hyper's HTTP/1 server into the real `Proxy` service (header-mode subjects, a
-//! profile-locked binding, a fake exchanger), which forwards to a dummy hub on 127.0.0.1.
+//! profile-locked binding with two more named profiles, a fake exchanger that mints one token
+//! per profile), which forwards to a dummy hub on 127.0.0.1.
 //!
 //! Never panics, never hangs (2 s per input). Whatever the input, a request that reaches the
-//! hub is a POST, GET or DELETE of the hub path, carries exactly the sidecar's token and
-//! profile header, no workload hop-by-hop or proxy header, no profile-unlocking query
-//! parameter; and nothing the workload gets back contains the access token.
+//! hub is a POST, GET or DELETE of the hub path, carries exactly one of the binding's profiles
+//! in one profile header and exactly the token locked to that profile, no workload hop-by-hop
+//! or proxy header, no profile-unlocking query parameter; and nothing the workload gets back
+//! contains an access token.
 #![no_main]
 
 use std::collections::HashMap;
@@ -34,6 +36,10 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const ACCESS_TOKEN: &str = "fuzz-access-token-7f3a9c";
 const PROFILE: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
+const SUPPORT: &str = "5b3d1a52-8f0e-4c7a-9a61-0d3e5c2b7f11";
+const BILLING: &str = "c1f0e9d8-2b3a-4c5d-8e7f-a0b1c2d3e4f5";
+/// Every profile the binding lists; no other may reach the hub.
+const LISTED: [&str; 3] = [PROFILE, SUPPORT, BILLING];
 const HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
@@ -44,17 +50,23 @@ const HOP_BY_HOP: [&str; 7] = [
     "proxy-authorization",
 ];
 
-/// Issues the same token for every subject.
+/// The token the fake exchanger issues for `profile` (the same for every subject).
+fn token_for(profile: &str) -> String {
+    format!("{ACCESS_TOKEN}.{profile}")
+}
+
+/// Issues one token per profile, for every subject.
 struct FakeExchange;
 
 impl Exchange for FakeExchange {
     fn exchange(
         &self,
         _: &ClientCredentials,
-        _: &ExchangeRequest,
+        request: &ExchangeRequest,
     ) -> impl Future<Output = Result<ExchangedToken, ExchangeError>> + Send {
+        let profile = request.profile.map(|p| p.to_string()).unwrap_or_default();
         std::future::ready(Ok(ExchangedToken {
-            access_token: Secret::new(ACCESS_TOKEN),
+            access_token: Secret::new(token_for(&profile)),
             issued_token_type: None,
             expires_in: Some(3600),
             received_at: tokio::time::Instant::now(),
@@ -101,6 +113,7 @@ fn world() -> &'static World {
                 (c::ENV_CLIENT_SECRET_FILE, secret.to_string_lossy().into_owned()),
                 (c::ENV_SUBJECT_HEADER, "authorization".to_string()),
                 (c::ENV_PROFILE_ID, PROFILE.to_string()),
+                (c::ENV_PROFILES, format!("support={SUPPORT},billing-tools={BILLING}")),
                 (c::ENV_MAX_BODY_BYTES, "65536".to_string()),
             ]
             .into_iter()
@@ -164,11 +177,17 @@ fn check_forwarded(hub: SocketAddr, (method, uri, headers): &Seen) {
         "{method} reached the hub"
     );
     assert_eq!(uri.path(), "/hub/mcp");
+    let profile: Vec<_> = headers.get_all("x-civic-profile-id").iter().collect();
+    assert_eq!(profile.len(), 1, "one profile header");
+    let profile = profile[0].to_str().expect("a UUID");
+    assert!(LISTED.contains(&profile), "unlisted profile {profile} reached the hub");
     let auth: Vec<_> = headers.get_all(http::header::AUTHORIZATION).iter().collect();
     assert_eq!(auth.len(), 1, "one Authorization");
-    assert_eq!(auth[0], format!("Bearer {ACCESS_TOKEN}").as_str());
-    let profile: Vec<_> = headers.get_all("x-civic-profile-id").iter().collect();
-    assert_eq!(profile, [PROFILE], "one profile header, ours");
+    assert_eq!(
+        auth[0],
+        format!("Bearer {}", token_for(profile)).as_str(),
+        "the token is the one locked to the profile header's profile"
+    );
     let host: Vec<_> = headers.get_all(http::header::HOST).iter().collect();
     assert_eq!(host, [hub.to_string().as_str()], "Host is the hub's");
     for name in HOP_BY_HOP {

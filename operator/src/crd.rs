@@ -106,7 +106,9 @@ pub struct SecretKeyRef {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "!has(self.subject.civicTokenSecretRef) || (!has(self.tokenTtlSeconds) && !has(self.scope) && !has(self.subjectTokenType))",
-     "message": "tokenTtlSeconds, scope and subjectTokenType have no effect with subject.civicTokenSecretRef (no exchange happens)"}
+     "message": "tokenTtlSeconds, scope and subjectTokenType have no effect with subject.civicTokenSecretRef (no exchange happens)"},
+    {"rule": "!has(self.subject.civicTokenSecretRef) || !has(self.profiles) || size(self.profiles) == 0",
+     "message": "profiles need an exchange: a Civic token from subject.civicTokenSecretRef cannot be locked to several profiles"}
 ]))]
 pub struct ProfileBinding {
     /// Name of the binding, unique within the integration (an RFC 1123 label). Pods may pick it
@@ -123,7 +125,18 @@ pub struct ProfileBinding {
     #[schemars(regex(pattern = UUID_PATTERN))]
     pub profile_id: String,
 
+    /// Named extra profiles for the same pods and identity: each is served by the sidecar on
+    /// `/profiles/<name>/hub/mcp` with its own token locked to it, and its URL is given to app
+    /// containers as `CIVIC_MCP_URL_<NAME>` (upper case, `-` as `_`). `profileId` stays the
+    /// default, on `/hub/mcp`. Names are unique; at most 8. Needs an exchange (a service-account
+    /// or request-header subject).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub profiles: Vec<NamedProfile>,
+
     /// Lock exchanged tokens to the profile (send `civic_profile` in the token exchange).
+    /// Applies to every profile of the binding.
     #[serde(default = "default_true")]
     pub lock_profile: bool,
 
@@ -152,6 +165,23 @@ pub struct ProfileBinding {
         {"rule": "!self.matches('[[:cntrl:]]')", "message": "must not contain control characters"}
     ]))]
     pub scope: Option<String>,
+}
+
+/// An extra profile of a binding, chosen by the workload through its URL.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamedProfile {
+    /// Name of the profile in the sidecar's URL (`/profiles/<name>/hub/mcp`) and in the app's
+    /// `CIVIC_MCP_URL_<NAME>`: lowercase letters, digits and `-`, at most 32 characters;
+    /// `default` is reserved for `profileId`.
+    #[schemars(length(min = 1, max = 32), regex(pattern = DNS_LABEL_PATTERN))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self != 'default'", "message": "'default' is reserved for the binding's profileId (served on /hub/mcp)"}
+    ]))]
+    pub name: String,
+    /// Civic profile (toolkit) UUID the token for this name is locked to.
+    #[schemars(regex(pattern = UUID_PATTERN))]
+    pub profile_id: String,
 }
 
 /// Where the subject token for the exchange comes from. Exactly one of the fields is set.

@@ -131,29 +131,11 @@ pub fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{ServiceAccountTokenSubject, SubjectSource};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
-    fn binding(name: &str, app: &str) -> ProfileBinding {
-        ProfileBinding {
-            name: name.into(),
-            pod_selector: LabelSelector {
-                match_labels: Some([("app".to_string(), app.to_string())].into()),
-                match_expressions: None,
-            },
-            profile_id: "7c9e6679-7425-40de-944b-e07fc1f90ae7".into(),
-            lock_profile: true,
-            subject: SubjectSource::ServiceAccountToken(ServiceAccountTokenSubject {
-                audience: "civic".into(),
-                expiration_seconds: 3600,
-            }),
-            subject_token_type: None,
-            token_ttl_seconds: None,
-            scope: None,
-        }
-    }
+    use crate::testing::binding;
 
     fn pod(ns: &str, app: &str, opted_in: bool, injected: Option<&str>) -> Arc<Pod> {
         let mut labels = BTreeMap::from([("app".to_string(), app.to_string())]);

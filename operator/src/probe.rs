@@ -1,4 +1,4 @@
-//! The credential probe (DESIGN.md §3): a token exchange with a deliberately invalid subject tells
+//! The credential probe: a token exchange with a deliberately invalid subject tells
 //! bad client credentials (`invalid_client`) from good ones (`invalid_grant`) without any real
 //! subject token. The exchange itself is the sidecar library's client; this module adds the
 //! per-integration rate limit and the verdict cache.

@@ -75,3 +75,30 @@ pub fn status_response(code: u16) -> Response<Body> {
                "message": format!("scripted {code}"), "reason": reason, "code": code}),
     )
 }
+
+/// The one `ProfileBinding` of the unit tests: pods labelled `app: <app>`, the test profile,
+/// locked, a service-account subject with audience `civic`.
+pub fn binding(name: &str, app: &str) -> crate::crd::ProfileBinding {
+    use crate::crd::{ProfileBinding, ServiceAccountTokenSubject, SubjectSource};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    ProfileBinding {
+        name: name.into(),
+        pod_selector: LabelSelector {
+            match_labels: Some([("app".to_string(), app.to_string())].into()),
+            match_expressions: None,
+        },
+        profile_id: PROFILE_ID.into(),
+        profiles: Vec::new(),
+        lock_profile: true,
+        subject: SubjectSource::ServiceAccountToken(ServiceAccountTokenSubject {
+            audience: "civic".into(),
+            expiration_seconds: 3600,
+        }),
+        subject_token_type: None,
+        token_ttl_seconds: None,
+        scope: None,
+    }
+}
+
+/// The profile UUID of [`binding`].
+pub const PROFILE_ID: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";

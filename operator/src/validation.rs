@@ -130,6 +130,7 @@ fn binding(p: &mut Problems, path: &str, b: &ProfileBinding) {
     if !is_uuid(&b.profile_id) {
         p.push(format!("{path}.profileId"), "must be a UUID");
     }
+    named_profiles(p, path, b);
     label_selector(p, &format!("{path}.podSelector"), &b.pod_selector);
     if let Some(ttl) = b.token_ttl_seconds
         && ttl < 1
@@ -201,6 +202,37 @@ fn binding(p: &mut Problems, path: &str, b: &ProfileBinding) {
                     );
                 }
             }
+        }
+    }
+}
+
+/// The sidecar's own rules for names (it parses what the operator renders), plus uniqueness,
+/// the bound and the need for an exchange.
+fn named_profiles(p: &mut Problems, path: &str, b: &ProfileBinding) {
+    use civic_sidecar::profiles::{MAX_NAMED_PROFILES, name_problem};
+    if b.profiles.len() > MAX_NAMED_PROFILES {
+        p.push(
+            format!("{path}.profiles"),
+            format!("at most {MAX_NAMED_PROFILES} named profiles"),
+        );
+    }
+    if !b.profiles.is_empty() && matches!(b.subject, SubjectSource::CivicTokenSecretRef(_)) {
+        p.push(
+            format!("{path}.profiles"),
+            "need an exchange: a Civic token from subject.civicTokenSecretRef cannot be locked \
+             to several profiles",
+        );
+    }
+    let mut names = BTreeSet::new();
+    for (i, named) in b.profiles.iter().enumerate() {
+        let at = format!("{path}.profiles[{i}]");
+        if let Some(problem) = name_problem(&named.name) {
+            p.push(format!("{at}.name"), problem);
+        } else if !names.insert(named.name.as_str()) {
+            p.push(format!("{at}.name"), "profile names must be unique");
+        }
+        if !is_uuid(&named.profile_id) {
+            p.push(format!("{at}.profileId"), "must be a UUID");
         }
     }
 }
@@ -442,22 +474,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn binding(name: &str) -> ProfileBinding {
-        ProfileBinding {
-            name: name.into(),
-            pod_selector: LabelSelector {
-                match_labels: Some([("app".to_string(), "agent".to_string())].into()),
-                match_expressions: None,
-            },
-            profile_id: "7c9e6679-7425-40de-944b-e07fc1f90ae7".into(),
-            lock_profile: true,
-            subject: SubjectSource::ServiceAccountToken(ServiceAccountTokenSubject {
-                audience: "civic".into(),
-                expiration_seconds: 3600,
-            }),
-            subject_token_type: None,
-            token_ttl_seconds: None,
-            scope: None,
-        }
+        crate::testing::binding(name, "agent")
     }
 
     fn spec() -> CivicIntegrationSpec {
@@ -595,6 +612,44 @@ mod tests {
                 "spec.bindings[support].scope"
             ]
         );
+    }
+
+    #[test]
+    fn named_profiles_are_checked_like_the_sidecar_checks_them() {
+        use crate::crd::NamedProfile;
+        let named = |name: &str, id: &str| NamedProfile {
+            name: name.into(),
+            profile_id: id.into(),
+        };
+        let uuid = "5b3d1a52-8f0e-4c7a-9a61-0d3e5c2b7f11";
+        let mut s = spec();
+        s.bindings[0].profiles = vec![named("support", uuid), named("billing-tools", uuid)];
+        assert_eq!(validate(&s), Ok(()));
+        s.bindings[0].profiles = vec![
+            named("default", uuid),
+            named("Sales", uuid),
+            named("ok", "nope"),
+            named("ok", uuid),
+        ];
+        assert_eq!(
+            paths(&s),
+            [
+                "spec.bindings[support].profiles[0].name",
+                "spec.bindings[support].profiles[1].name",
+                "spec.bindings[support].profiles[2].profileId",
+                "spec.bindings[support].profiles[3].name",
+            ]
+        );
+        let msg = validate(&s).unwrap_err().to_string();
+        assert!(msg.contains("reserved") && msg.contains("unique"), "{msg}");
+        s.bindings[0].profiles = (0..9).map(|i| named(&format!("p{i}"), uuid)).collect();
+        assert_eq!(paths(&s), ["spec.bindings[support].profiles"]);
+        s.bindings[0].profiles = vec![named("support", uuid)];
+        s.bindings[0].subject = SubjectSource::CivicTokenSecretRef(SecretKeyRef {
+            name: "civic-token".into(),
+            key: "token".into(),
+        });
+        assert_eq!(paths(&s), ["spec.bindings[support].profiles"]);
     }
 
     #[test]

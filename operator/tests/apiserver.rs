@@ -1,4 +1,4 @@
-//! The real-apiserver tier (DESIGN.md §6 tier 4): etcd + kube-apiserver 1.34 on loopback, the
+//! The real-apiserver tier (docs/architecture.md §6): etcd + kube-apiserver 1.34 on loopback, the
 //! CRD from `crds/`, the chart's `rbac.yaml`, a fake Civic Auth over TLS, and the real
 //! `civic-operator run` process authenticated as its ServiceAccount (bound only by `rbac.yaml`,
 //! never admin). Fails, never skips, when the kube binaries are missing: run

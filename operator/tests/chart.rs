@@ -1,4 +1,4 @@
-//! The Helm chart against the real kube-apiserver tier (DESIGN.md §6 tiers 4 and 5): `helm
+//! The Helm chart against the real kube-apiserver tier (docs/architecture.md §6 tiers 4, 5): `helm
 //! install` of `charts/civic-mcp` (CRD included), the real `civic-operator run` configured by the
 //! environment of the chart's own Deployment and authenticated as the chart's ServiceAccount
 //! (so only the chart's RBAC applies), reconciling a CivicIntegration to `Ready=True` against a

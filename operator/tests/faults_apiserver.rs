@@ -1,4 +1,4 @@
-//! Operator faults against a real kube-apiserver (1.34, DESIGN.md §6 tier 4), issue 7: the
+//! Operator faults against a real kube-apiserver (1.34, docs/architecture.md §6), issue 7: the
 //! apiserver restarting under a running operator, expired watches (410 Gone), the operator killed
 //! mid-reconcile, a frozen leader, the webhook down with `failurePolicy: Fail`, webhook
 //! certificates expiring and rotating under traffic, and invalid CivicIntegrations of every kind.
@@ -1131,6 +1131,63 @@ fn schema_cases() -> Vec<(&'static str, &'static str, Mutation)> {
             "sidecar image with whitespace",
             "sidecar.image",
             set("/spec/sidecar", json!({"image": "ghcr.io/civic sidecar"})),
+        ),
+        (
+            "named profile called default",
+            "reserved for the binding's profileId",
+            set(
+                "/spec/bindings/0/profiles",
+                json!([{"name": "default", "profileId": "5b3d1a52-8f0e-4c7a-9a61-0d3e5c2b7f11"}]),
+            ),
+        ),
+        (
+            "named profile with an upper-case name",
+            "profiles[0].name",
+            set(
+                "/spec/bindings/0/profiles",
+                json!([{"name": "Sales", "profileId": "5b3d1a52-8f0e-4c7a-9a61-0d3e5c2b7f11"}]),
+            ),
+        ),
+        (
+            "named profile without a UUID",
+            "profiles[0].profileId",
+            set(
+                "/spec/bindings/0/profiles",
+                json!([{"name": "sales", "profileId": "sales"}]),
+            ),
+        ),
+        (
+            "two named profiles with one name",
+            "profiles[1]",
+            set(
+                "/spec/bindings/0/profiles",
+                json!([
+                    {"name": "sales", "profileId": "5b3d1a52-8f0e-4c7a-9a61-0d3e5c2b7f11"},
+                    {"name": "sales", "profileId": "c1f0e9d8-2b3a-4c5d-8e7f-a0b1c2d3e4f5"}
+                ]),
+            ),
+        ),
+        (
+            "nine named profiles",
+            "profiles",
+            set(
+                "/spec/bindings/0/profiles",
+                Value::Array(
+                    (0..9)
+                        .map(|i| json!({"name": format!("p{i}"), "profileId": "5b3d1a52-8f0e-4c7a-9a61-0d3e5c2b7f11"}))
+                        .collect(),
+                ),
+            ),
+        ),
+        (
+            "named profiles with a static Civic token",
+            "profiles need an exchange",
+            Box::new(|v: &mut Value| {
+                v["spec"]["bindings"][0]["subject"] =
+                    json!({"civicTokenSecretRef": {"name": "t", "key": "token"}});
+                v["spec"]["bindings"][0]["profiles"] =
+                    json!([{"name": "sales", "profileId": "5b3d1a52-8f0e-4c7a-9a61-0d3e5c2b7f11"}]);
+            }),
         ),
     ]
 }

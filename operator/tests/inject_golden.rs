@@ -3,8 +3,8 @@
 //! same code as `civic-operator inject`, and must equal `<case>.out.yaml` (the per-object report
 //! first, as comments). `UPDATE_GOLDEN=1` rewrites the expected files.
 //!
-//! Each output must also pass `kubernetes-validate --strict` for Kubernetes 1.33 (the real
-//! apiserver tier runs 1.20, which drops native-sidecar fields, so they are checked here), and
+//! Each output must also pass `kubernetes-validate --strict` for Kubernetes 1.33 (the schema
+//! check of every case, cheaper than storing each through the real apiserver tier), and
 //! injecting an output again must change nothing.
 
 use std::path::{Path, PathBuf};
@@ -102,7 +102,7 @@ fn sidecars(template: &Value) -> Vec<(&str, &Value)> {
         .collect()
 }
 
-/// What the 1.20 apiserver cannot show: the native-sidecar shape of every injected template.
+/// The native-sidecar shape of every injected template.
 fn check_native_fields(case: &Case, docs: &[Value], reports: &[Report]) -> anyhow::Result<()> {
     for (doc, report) in docs.iter().zip(reports) {
         if !matches!(

@@ -1,4 +1,4 @@
-//! The admission webhook against a real kube-apiserver (1.34, DESIGN.md §6 tier 4): the real
+//! The admission webhook against a real kube-apiserver (1.34, docs/architecture.md §6): the real
 //! `civic-operator run` process on loopback (two replicas sharing one TLS Secret), a MutatingWebhookConfiguration pointing at it by
 //! URL, kube-controller-manager for ServiceAccounts and ReplicaSets, a fake Civic Auth so the
 //! controller can mark integrations ready. The operator runs as its ServiceAccount with only the

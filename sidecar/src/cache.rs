@@ -208,8 +208,14 @@ impl<E: Exchange> TokenCache<E> {
     }
 
     /// A usable token for `key`: cached, or from an exchange built by `inputs` (called only when
-    /// an exchange starts). Never waits while a valid token exists.
-    pub async fn get<F>(&self, key: &Key, inputs: F) -> Result<Arc<CachedToken>, CacheError>
+    /// an exchange starts). Never waits while a valid token exists. `profile` labels the
+    /// exchange's metrics.
+    pub async fn get<F>(
+        &self,
+        key: &Key,
+        profile: &str,
+        inputs: F,
+    ) -> Result<Arc<CachedToken>, CacheError>
     where
         F: FnOnce() -> (ClientCredentials, ExchangeRequest),
     {
@@ -226,7 +232,7 @@ impl<E: Exchange> TokenCache<E> {
                     self.metrics.refreshes.inc();
                     tracing::debug!("token refresh started ahead of expiry");
                     // Nobody waits on this flight; its task caches the result.
-                    drop(self.start(&entry, &mut state, inputs));
+                    drop(self.start(&entry, &mut state, profile, inputs));
                 }
                 return Ok(token);
             }
@@ -242,7 +248,7 @@ impl<E: Exchange> TokenCache<E> {
                             retry_at,
                         });
                     }
-                    self.start(&entry, &mut state, inputs)
+                    self.start(&entry, &mut state, profile, inputs)
                 }
             }
         };
@@ -251,7 +257,12 @@ impl<E: Exchange> TokenCache<E> {
 
     /// Like [`get`](Self::get) but for keeping a token warm without traffic: exchanges when there
     /// is no valid token or a refresh is due, and waits for it. Returns when to look again.
-    pub async fn prefetch<F>(&self, key: &Key, inputs: F) -> Result<Instant, CacheError>
+    pub async fn prefetch<F>(
+        &self,
+        key: &Key,
+        profile: &str,
+        inputs: F,
+    ) -> Result<Instant, CacheError>
     where
         F: FnOnce() -> (ClientCredentials, ExchangeRequest),
     {
@@ -276,7 +287,7 @@ impl<E: Exchange> TokenCache<E> {
                     if token.as_ref().is_some_and(|t| t.valid_at(now)) {
                         self.metrics.refreshes.inc();
                     }
-                    self.start(&entry, &mut state, inputs)
+                    self.start(&entry, &mut state, profile, inputs)
                 }
             }
         };
@@ -380,11 +391,12 @@ impl<E: Exchange> TokenCache<E> {
     }
 
     /// Starts an exchange for `entry` as its own task; the caller holds the entry's lock.
-    fn start<F>(&self, entry: &Arc<Entry>, state: &mut State, inputs: F) -> Flight
+    fn start<F>(&self, entry: &Arc<Entry>, state: &mut State, profile: &str, inputs: F) -> Flight
     where
         F: FnOnce() -> (ClientCredentials, ExchangeRequest),
     {
         let (credentials, request) = inputs();
+        let profile = profile.to_string();
         let exchanger = self.exchanger.clone();
         let metrics = self.metrics.clone();
         let backoff = self.backoff;
@@ -401,9 +413,10 @@ impl<E: Exchange> TokenCache<E> {
             state.inflight = None;
             match result {
                 Ok((exchanged, cached)) => {
-                    metrics.exchanges.with_label_values(&["ok"]).inc();
+                    metrics.exchanges.with_label_values(&["ok", &profile]).inc();
                     tracing::info!(
                         result = "ok",
+                        profile = %profile,
                         duration_ms = elapsed.as_millis() as u64,
                         expires_in = exchanged.expires_in,
                         refresh_in_s = exchanged.lifetime.refresh_after.as_secs(),
@@ -419,7 +432,7 @@ impl<E: Exchange> TokenCache<E> {
                 Err(error) => {
                     metrics
                         .exchanges
-                        .with_label_values(&[error.category()])
+                        .with_label_values(&[error.category(), &profile])
                         .inc();
                     state.failures = state.failures.saturating_add(1);
                     let delay = backoff.delay(state.failures, error.retry_after());
@@ -430,6 +443,7 @@ impl<E: Exchange> TokenCache<E> {
                         .is_some_and(|t| t.valid_at(Instant::now()));
                     tracing::warn!(
                         result = error.category(),
+                        profile = %profile,
                         duration_ms = elapsed.as_millis() as u64,
                         failures = state.failures,
                         retry_in_ms = delay.as_millis() as u64,
@@ -597,7 +611,7 @@ mod tests {
             let cache = cache.clone();
             tasks.push(tokio::spawn(async move {
                 cache
-                    .get(&K, inputs)
+                    .get(&K, "default", inputs)
                     .await
                     .map(|t| token_of(&t).to_string())
             }));
@@ -608,7 +622,7 @@ mod tests {
         assert_eq!(fake.calls(), 1);
         // Warm cache: no more exchanges.
         for _ in 0..100 {
-            cache.get(&K, inputs).await.unwrap();
+            cache.get(&K, "default", inputs).await.unwrap();
         }
         assert_eq!(fake.calls(), 1);
     }
@@ -626,7 +640,7 @@ mod tests {
         for _ in 0..200 {
             let cache = cache.clone();
             tasks.push(tokio::spawn(async move {
-                cache.get(&K, inputs).await.map(|_| ())
+                cache.get(&K, "default", inputs).await.map(|_| ())
             }));
         }
         for t in tasks {
@@ -642,21 +656,21 @@ mod tests {
     async fn background_refresh_never_blocks() {
         let fake = Fake::new(Duration::from_secs(120), Duration::from_secs(5));
         let cache = cache(&fake, 1);
-        let first = cache.get(&K, inputs).await.unwrap();
+        let first = cache.get(&K, "default", inputs).await.unwrap();
         assert_eq!(fake.calls(), 1);
         // Before the refresh point (60 s): no refresh.
         tokio::time::advance(Duration::from_secs(59)).await;
-        cache.get(&K, inputs).await.unwrap();
+        cache.get(&K, "default", inputs).await.unwrap();
         assert_eq!(fake.calls(), 1);
         // Past it: served at once with the old token while the refresh runs (5 s).
         tokio::time::advance(Duration::from_secs(2)).await;
         let started = Instant::now();
-        let t = cache.get(&K, inputs).await.unwrap();
+        let t = cache.get(&K, "default", inputs).await.unwrap();
         assert_eq!(started.elapsed(), Duration::ZERO);
         assert!(Arc::ptr_eq(&t, &first));
         tokio::task::yield_now().await;
         assert_eq!(fake.calls(), 1 + 1);
-        let t = cache.get(&K, inputs).await.unwrap();
+        let t = cache.get(&K, "default", inputs).await.unwrap();
         assert!(
             Arc::ptr_eq(&t, &first),
             "still the old token during the refresh"
@@ -664,7 +678,7 @@ mod tests {
         assert_eq!(fake.calls(), 2, "one refresh only");
         tokio::time::advance(Duration::from_secs(6)).await;
         tokio::task::yield_now().await;
-        let t = cache.get(&K, inputs).await.unwrap();
+        let t = cache.get(&K, "default", inputs).await.unwrap();
         assert_eq!(token_of(&t), "Bearer token-2");
     }
 
@@ -672,7 +686,7 @@ mod tests {
     async fn outage_serves_valid_token_then_fails_clearly() {
         let fake = Fake::new(Duration::from_secs(120), Duration::ZERO);
         let cache = cache(&fake, 1);
-        cache.get(&K, inputs).await.unwrap();
+        cache.get(&K, "default", inputs).await.unwrap();
         for _ in 0..50 {
             fake.push(Err(ExchangeError::Unavailable {
                 status: 503,
@@ -682,7 +696,7 @@ mod tests {
         // From 60 s to 90 s: refreshes fail, the old token is served every time.
         tokio::time::advance(Duration::from_secs(61)).await;
         for _ in 0..28 {
-            let t = cache.get(&K, inputs).await.unwrap();
+            let t = cache.get(&K, "default", inputs).await.unwrap();
             assert_eq!(token_of(&t), "Bearer token-1");
             tokio::task::yield_now().await;
             tokio::time::advance(Duration::from_secs(1)).await;
@@ -694,7 +708,7 @@ mod tests {
         );
         // After expiry: a clear error, transient (503-worthy), with a retry hint.
         tokio::time::advance(Duration::from_secs(2)).await;
-        let err = cache.get(&K, inputs).await.unwrap_err();
+        let err = cache.get(&K, "default", inputs).await.unwrap_err();
         assert!(err.error.is_transient());
         assert!(err.retry_after() >= Duration::from_secs(1));
     }
@@ -706,17 +720,17 @@ mod tests {
             retry_after: Some(Duration::from_secs(30)),
         }));
         let cache = cache(&fake, 1);
-        let err = cache.get(&K, inputs).await.unwrap_err();
+        let err = cache.get(&K, "default", inputs).await.unwrap_err();
         assert_eq!(err.error.category(), "rate_limited");
         assert_eq!(err.retry_after(), Duration::from_secs(30));
         // Within Retry-After: no new exchange, same error.
         tokio::time::advance(Duration::from_secs(29)).await;
-        let err = cache.get(&K, inputs).await.unwrap_err();
+        let err = cache.get(&K, "default", inputs).await.unwrap_err();
         assert_eq!(err.error.category(), "rate_limited");
         assert_eq!(err.retry_after(), Duration::from_secs(1));
         assert_eq!(fake.calls(), 1);
         tokio::time::advance(Duration::from_secs(1)).await;
-        cache.get(&K, inputs).await.unwrap();
+        cache.get(&K, "default", inputs).await.unwrap();
         assert_eq!(fake.calls(), 2);
     }
 
@@ -739,9 +753,9 @@ mod tests {
     async fn expires_then_next_request_exchanges() {
         let fake = Fake::new(Duration::from_secs(10), Duration::ZERO);
         let cache = cache(&fake, 1);
-        cache.get(&K, inputs).await.unwrap();
+        cache.get(&K, "default", inputs).await.unwrap();
         tokio::time::advance(Duration::from_secs(11)).await;
-        let t = cache.get(&K, inputs).await.unwrap();
+        let t = cache.get(&K, "default", inputs).await.unwrap();
         assert_eq!(token_of(&t), "Bearer token-2");
         assert_eq!(fake.calls(), 2);
     }
@@ -750,13 +764,13 @@ mod tests {
     async fn invalidate_forces_a_new_exchange_once() {
         let fake = Fake::new(Duration::from_secs(600), Duration::ZERO);
         let cache = cache(&fake, 1);
-        let t1 = cache.get(&K, inputs).await.unwrap();
+        let t1 = cache.get(&K, "default", inputs).await.unwrap();
         cache.invalidate(&K, &t1);
-        let t2 = cache.get(&K, inputs).await.unwrap();
+        let t2 = cache.get(&K, "default", inputs).await.unwrap();
         assert_eq!(token_of(&t2), "Bearer token-2");
         // A stale invalidation does not drop the new token.
         cache.invalidate(&K, &t1);
-        let t3 = cache.get(&K, inputs).await.unwrap();
+        let t3 = cache.get(&K, "default", inputs).await.unwrap();
         assert!(Arc::ptr_eq(&t2, &t3));
         assert_eq!(fake.calls(), 2);
     }
@@ -766,11 +780,11 @@ mod tests {
         let fake = Fake::new(Duration::from_secs(600), Duration::ZERO);
         let cache = cache(&fake, 3);
         for i in 0..3u8 {
-            cache.get(&[i; 32], inputs).await.unwrap();
+            cache.get(&[i; 32], "default", inputs).await.unwrap();
         }
         // Touch 0 so 1 is the least recently used.
-        cache.get(&[0; 32], inputs).await.unwrap();
-        cache.get(&[9; 32], inputs).await.unwrap();
+        cache.get(&[0; 32], "default", inputs).await.unwrap();
+        cache.get(&[9; 32], "default", inputs).await.unwrap();
         assert_eq!(cache.len(), 3);
         assert!(cache.peek(&[1; 32]).is_none());
         assert!(cache.peek(&[0; 32]).is_some());
@@ -782,13 +796,13 @@ mod tests {
         let fake = Fake::new(Duration::from_secs(600), Duration::from_secs(1));
         let cache = cache(&fake, 1);
         let c = cache.clone();
-        let caller = tokio::spawn(async move { c.get(&K, inputs).await.map(|_| ()) });
+        let caller = tokio::spawn(async move { c.get(&K, "default", inputs).await.map(|_| ()) });
         tokio::task::yield_now().await;
         caller.abort();
         tokio::time::advance(Duration::from_secs(2)).await;
         tokio::task::yield_now().await;
         assert!(cache.peek(&K).is_some());
-        cache.get(&K, inputs).await.unwrap();
+        cache.get(&K, "default", inputs).await.unwrap();
         assert_eq!(fake.calls(), 1);
     }
 
@@ -796,13 +810,13 @@ mod tests {
     async fn prefetch_keeps_the_token_warm() {
         let fake = Fake::new(Duration::from_secs(120), Duration::ZERO);
         let cache = cache(&fake, 1);
-        let next = cache.prefetch(&K, inputs).await.unwrap();
+        let next = cache.prefetch(&K, "default", inputs).await.unwrap();
         assert_eq!(fake.calls(), 1);
         assert_eq!(next - Instant::now(), Duration::from_secs(60));
-        assert_eq!(cache.prefetch(&K, inputs).await.unwrap(), next);
+        assert_eq!(cache.prefetch(&K, "default", inputs).await.unwrap(), next);
         assert_eq!(fake.calls(), 1);
         tokio::time::advance(Duration::from_secs(60)).await;
-        cache.prefetch(&K, inputs).await.unwrap();
+        cache.prefetch(&K, "default", inputs).await.unwrap();
         assert_eq!(fake.calls(), 2);
         assert_eq!(token_of(&cache.peek(&K).unwrap()), "Bearer token-2");
     }

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::contract::*;
 use crate::guard::{OriginPolicy, is_loopback_host};
+use crate::profiles::NamedProfile;
 
 /// Where configuration values come from besides the command line.
 pub trait EnvSource {
@@ -79,6 +80,10 @@ struct Cli {
     /// Profile (toolkit) UUID, sent as civic_profile and in the profile header.
     #[arg(long, env = ENV_PROFILE_ID, value_name = "UUID")]
     profile_id: Option<String>,
+    /// Named extra profiles, name=UUID pairs separated by commas, each served on
+    /// /profiles/<name>/hub/mcp with its own token (exchange modes).
+    #[arg(long, env = ENV_PROFILES, value_name = "LIST")]
+    profiles: Option<String>,
     /// Lock exchanged tokens to the profile (civic_profile in the exchange).
     #[arg(long, env = ENV_PROFILE_LOCK, default_value = "true", value_name = "BOOL")]
     profile_lock: String,
@@ -200,6 +205,8 @@ pub struct Config {
     pub mode: SubjectMode,
     /// Profile UUID.
     pub profile: Option<Uuid>,
+    /// Named extra profiles, each on its own path with its own token.
+    pub profiles: Vec<NamedProfile>,
     /// Send `civic_profile` in exchanges (and strip profile query parameters).
     pub profile_lock: bool,
     /// Header carrying the profile UUID to the hub.
@@ -283,6 +290,7 @@ const SETTINGS: &[(&str, &str)] = &[
     (ENV_CLIENT_ID, "client-id"),
     (ENV_CLIENT_SECRET_FILE, "client-secret-file"),
     (ENV_PROFILE_ID, "profile-id"),
+    (ENV_PROFILES, "profiles"),
     (ENV_PROFILE_LOCK, "profile-lock"),
     (ENV_SUBJECT_TOKEN_FILE, "subject-token-file"),
     (ENV_SUBJECT_HEADER, "subject-header"),
@@ -408,6 +416,12 @@ impl Config {
         let profile = non_empty(cli.profile_id.clone())
             .map(|p| parse_uuid(&p))
             .transpose()?;
+        let profiles = non_empty(cli.profiles.clone())
+            .map(|list| {
+                crate::profiles::parse(&list).map_err(|e| invalid(ENV_PROFILES, "profiles", e))
+            })
+            .transpose()?
+            .unwrap_or_default();
         let profile_lock = parse_bool(&cli.profile_lock)
             .ok_or_else(|| invalid(ENV_PROFILE_LOCK, "profile-lock", "must be true or false"))?;
         let profile_header =
@@ -421,6 +435,12 @@ impl Config {
         }
 
         let mode = Self::subject_mode(&cli)?;
+        if !profiles.is_empty() && matches!(mode, SubjectMode::Static { .. }) {
+            return Err(ConfigError::Conflict(format!(
+                "{ENV_PROFILES} needs an exchange mode: a static token cannot be locked to \
+                 several profiles"
+            )));
+        }
         if let SubjectMode::Header { name, .. } = &mode
             && *name == profile_header
         {
@@ -542,6 +562,7 @@ impl Config {
             token_url,
             mode,
             profile,
+            profiles,
             profile_lock,
             profile_header,
             subject_token_type,

@@ -17,6 +17,9 @@ pub const ENV_CLIENT_ID: &str = "CIVIC_CLIENT_ID";
 pub const ENV_CLIENT_SECRET_FILE: &str = "CIVIC_CLIENT_SECRET_FILE";
 /// Profile (toolkit) UUID.
 pub const ENV_PROFILE_ID: &str = "CIVIC_PROFILE_ID";
+/// Named extra profiles, `name=uuid` pairs separated by commas; each is served on
+/// `/profiles/<name>/hub/mcp` with its own locked token.
+pub const ENV_PROFILES: &str = "CIVIC_PROFILES";
 /// Whether `civic_profile` is sent in the exchange (locks the token to the profile).
 pub const ENV_PROFILE_LOCK: &str = "CIVIC_PROFILE_LOCK";
 /// Subject mode "file": exchange the token in this file (a projected service-account token).
@@ -80,7 +83,7 @@ pub const DEFAULT_ALLOWED_ORIGINS: &str = "loopback";
 pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 20;
 /// Default of [`ENV_EXCHANGE_TIMEOUT_SECONDS`].
 pub const DEFAULT_EXCHANGE_TIMEOUT_SECONDS: u64 = 10;
-/// Largest accepted [`ENV_EXCHANGE_TIMEOUT_SECONDS`] (protocol.md §7 statement 16).
+/// Largest accepted [`ENV_EXCHANGE_TIMEOUT_SECONDS`] (docs/protocol.md statement 16).
 pub const MAX_EXCHANGE_TIMEOUT_SECONDS: u64 = 15;
 /// Default of [`ENV_MAX_CACHED_SUBJECTS`].
 pub const DEFAULT_MAX_CACHED_SUBJECTS: usize = 1024;

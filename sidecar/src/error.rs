@@ -8,6 +8,7 @@ use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 
 use crate::body::ResponseBody;
+use crate::profiles::Unrouted;
 use crate::subject::SubjectError;
 use crate::token::TokenError;
 
@@ -20,9 +21,9 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// A request the proxy answers itself instead of (or after) talking to the hub.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// Any path but `/hub/mcp` (404).
-    #[error("not found: only {} is proxied", crate::contract::MCP_PATH)]
-    NotFound,
+    /// A path that names no served profile (404; an unknown profile name lists the known ones).
+    #[error(transparent)]
+    NotFound(#[from] Unrouted),
     #[error("method not allowed: use POST, GET or DELETE")]
     /// Not POST, GET or DELETE (405).
     MethodNotAllowed,
@@ -63,7 +64,7 @@ impl ProxyError {
     /// The status the workload sees.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NotFound => StatusCode::NOT_FOUND,
+            ProxyError::NotFound(_) => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::MisdirectedHost => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::ForbiddenOrigin => StatusCode::FORBIDDEN,
@@ -97,7 +98,8 @@ impl ProxyError {
     /// Low-cardinality label.
     pub fn category(&self) -> &'static str {
         match self {
-            ProxyError::NotFound => "not_found",
+            ProxyError::NotFound(Unrouted::NotFound) => "not_found",
+            ProxyError::NotFound(Unrouted::UnknownProfile { .. }) => "unknown_profile",
             ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::MisdirectedHost => "misdirected_host",
             ProxyError::ForbiddenOrigin => "forbidden_origin",
@@ -209,7 +211,7 @@ mod tests {
 
     #[test]
     fn statuses() {
-        assert_eq!(ProxyError::NotFound.status(), 404);
+        assert_eq!(ProxyError::NotFound(Unrouted::NotFound).status(), 404);
         let r = ProxyError::MethodNotAllowed.into_response();
         assert_eq!(r.status(), 405);
         assert_eq!(r.headers()[ALLOW], "GET, POST, DELETE");

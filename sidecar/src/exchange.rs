@@ -1,4 +1,4 @@
-//! The RFC 8693 token-exchange client for Civic Auth (protocol.md §1).
+//! The RFC 8693 token-exchange client for Civic Auth (docs/protocol.md §1).
 //!
 //! Wire format as the Civic reference clients use it: `POST` of a form to the token URL with HTTP
 //! Basic client authentication over the raw `client_id:client_secret`, `grant_type`,
@@ -378,7 +378,7 @@ impl Exchange for ExchangeClient {
 }
 
 /// `Authorization: Basic base64(client_id:client_secret)` over the raw strings, as the reference
-/// clients do (protocol.md §8 question 8).
+/// clients do (docs/protocol.md §6 question 1).
 pub fn basic_auth(credentials: &ClientCredentials) -> HeaderValue {
     let raw = format!(
         "{}:{}",

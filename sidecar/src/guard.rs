@@ -1,4 +1,4 @@
-//! The DNS-rebinding guard of the proxy listener (protocol.md §7 statements 4 and 5): a request
+//! The DNS-rebinding guard of the proxy listener (docs/protocol.md statements 4 and 5): a request
 //! must name a loopback `Host`, and an `Origin`, when present, must be on the allow-list.
 
 use std::net::{IpAddr, Ipv6Addr};

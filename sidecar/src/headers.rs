@@ -1,4 +1,4 @@
-//! Header and query rewriting between the workload and the hub (protocol.md §7 statements 6, 7,
+//! Header and query rewriting between the workload and the hub (docs/protocol.md statements 6, 7,
 //! 10, 21–23, 25). Everything not named here passes byte for byte.
 
 use std::borrow::Cow;
@@ -49,8 +49,6 @@ pub struct RequestRewrite {
     pub authority: HeaderValue,
     /// Profile header name (always removed from the workload's request).
     pub profile_header: HeaderName,
-    /// Profile header value, when a profile is configured.
-    pub profile_value: Option<HeaderValue>,
     /// Header mode: the header carrying the subject token (consumed, never forwarded).
     pub subject_header: Option<HeaderName>,
     /// Product token appended to `User-Agent`.
@@ -59,11 +57,13 @@ pub struct RequestRewrite {
 
 impl RequestRewrite {
     /// Turns the workload's headers into the hub's, except `Authorization` (see
-    /// [`set_bearer`](Self::set_bearer)). `user_agents` remembers the last workload
-    /// `User-Agent` and its rewritten value.
+    /// [`set_bearer`](Self::set_bearer)), with `profile` (the request's route's) as the
+    /// profile header. `user_agents` remembers the last workload `User-Agent` and its
+    /// rewritten value.
     pub fn apply(
         &self,
         headers: &mut HeaderMap,
+        profile: Option<&HeaderValue>,
         user_agents: &mut Option<(HeaderValue, HeaderValue)>,
     ) {
         remove_hop_by_hop(headers);
@@ -74,7 +74,7 @@ impl RequestRewrite {
             headers.remove(subject);
         }
         headers.insert(header::HOST, self.authority.clone());
-        if let Some(profile) = &self.profile_value {
+        if let Some(profile) = profile {
             headers.insert(self.profile_header.clone(), profile.clone());
         }
         let user_agent = match headers.get(header::USER_AGENT) {
@@ -147,13 +147,12 @@ mod tests {
         RequestRewrite {
             authority: HeaderValue::from_static("app.civic.com"),
             profile_header: HeaderName::from_static("x-civic-profile-id"),
-            profile_value: Some(HeaderValue::from_static(
-                "7c9e6679-7425-40de-944b-e07fc1f90ae7",
-            )),
             subject_header: Some(HeaderName::from_static("x-user-token")),
             product: "civic-sidecar/0.1.0",
         }
     }
+
+    const PROFILE: HeaderValue = HeaderValue::from_static("7c9e6679-7425-40de-944b-e07fc1f90ae7");
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -203,7 +202,7 @@ mod tests {
             ("accept-encoding", "gzip"),
         ]);
         let r = rewrite();
-        r.apply(&mut h, &mut None);
+        r.apply(&mut h, Some(&PROFILE), &mut None);
         RequestRewrite::set_bearer(&mut h, &HeaderValue::from_static("Bearer exchanged"));
         assert_eq!(
             h.get_all("authorization").iter().collect::<Vec<_>>(),
@@ -219,7 +218,7 @@ mod tests {
         let mut memo = None;
         for ua in ["a/1", "a/1", "b/2"] {
             let mut h = map(&[("user-agent", ua)]);
-            r.apply(&mut h, &mut memo);
+            r.apply(&mut h, Some(&PROFILE), &mut memo);
             assert_eq!(
                 h["user-agent"],
                 format!("{ua} civic-sidecar/0.1.0").as_str()
@@ -265,9 +264,8 @@ mod tests {
     #[test]
     fn never_adds_protocol_version_and_sets_user_agent_when_absent() {
         let mut h = HeaderMap::new();
-        let mut r = rewrite();
-        r.profile_value = None;
-        r.apply(&mut h, &mut None);
+        let r = rewrite();
+        r.apply(&mut h, None, &mut None);
         assert!(!h.contains_key("mcp-protocol-version"));
         assert!(!h.contains_key("x-civic-profile-id"));
         assert_eq!(h["user-agent"], "civic-sidecar/0.1.0");

@@ -56,6 +56,7 @@ pub mod guard;
 pub mod headers;
 pub mod jwt;
 pub mod metrics;
+pub mod profiles;
 pub mod proxy;
 pub mod secret;
 pub mod server;

@@ -1,12 +1,13 @@
 //! Prometheus metrics of the sidecar (prefix `civic_sidecar_`). No label carries a per-request or
-//! per-user value: labels are status codes and error categories only.
+//! per-user value: labels are status codes, error categories and the `profile` names of the
+//! binding (`default` for `/hub/mcp`; empty for a request that matched no profile).
 //!
 //! | Metric | Type | Labels | Meaning |
 //! |---|---|---|---|
-//! | `civic_sidecar_requests_total` | counter | `code` | Workload requests answered, by HTTP status |
+//! | `civic_sidecar_requests_total` | counter | `code`, `profile` | Workload requests answered, by HTTP status |
 //! | `civic_sidecar_upstream_request_duration_seconds` | histogram | | Hub response time (to headers) |
 //! | `civic_sidecar_upstream_connections_total` | counter | `result` | Upstream connections opened |
-//! | `civic_sidecar_exchanges_total` | counter | `result` | Token exchanges: `ok` or an error category |
+//! | `civic_sidecar_exchanges_total` | counter | `result`, `profile` | Token exchanges: `ok` or an error category |
 //! | `civic_sidecar_exchange_duration_seconds` | histogram | | Token-exchange call duration |
 //! | `civic_sidecar_token_cache_hits_total` | counter | | Requests served from a cached token |
 //! | `civic_sidecar_token_cache_misses_total` | counter | | Requests that needed an exchange |
@@ -25,13 +26,13 @@ use prometheus::{
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// `civic_sidecar_requests_total{code}`.
+    /// `civic_sidecar_requests_total{code,profile}`.
     pub requests: IntCounterVec,
     /// `civic_sidecar_upstream_request_duration_seconds`.
     pub upstream_duration: Histogram,
     /// `civic_sidecar_upstream_connections_total{result}`.
     pub upstream_connections: IntCounterVec,
-    /// `civic_sidecar_exchanges_total{result}`.
+    /// `civic_sidecar_exchanges_total{result,profile}`.
     pub exchanges: IntCounterVec,
     /// `civic_sidecar_exchange_duration_seconds`.
     pub exchange_duration: Histogram,
@@ -66,9 +67,9 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "civic_sidecar_requests_total",
-                "Workload requests answered, by HTTP status code.",
+                "Workload requests answered, by HTTP status code and profile.",
             ),
-            &["code"],
+            &["code", "profile"],
         )
         .expect("valid metric");
         let upstream_duration = Histogram::with_opts(
@@ -93,9 +94,9 @@ impl Metrics {
         let exchanges = IntCounterVec::new(
             Opts::new(
                 "civic_sidecar_exchanges_total",
-                "Token exchanges with Civic Auth, by result (ok or an error category).",
+                "Token exchanges with Civic Auth, by result (ok or an error category) and profile.",
             ),
-            &["result"],
+            &["result", "profile"],
         )
         .expect("valid metric");
         let exchange_duration = Histogram::with_opts(
@@ -183,9 +184,11 @@ impl Metrics {
         let _ = self.registry.register(Box::new(gauge));
     }
 
-    /// Counts one answered workload request.
-    pub fn observe_request(&self, status: http::StatusCode) {
-        self.requests.with_label_values(&[status.as_str()]).inc();
+    /// Counts one answered workload request for `profile` ("" when it matched none).
+    pub fn observe_request(&self, status: http::StatusCode, profile: &str) {
+        self.requests
+            .with_label_values(&[status.as_str(), profile])
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.
@@ -205,15 +208,15 @@ mod tests {
     #[test]
     fn exposes_every_metric_with_prefix() {
         let m = Metrics::new();
-        m.observe_request(http::StatusCode::OK);
-        m.exchanges.with_label_values(&["ok"]).inc();
+        m.observe_request(http::StatusCode::OK, "default");
+        m.exchanges.with_label_values(&["ok", "billing"]).inc();
         m.upstream_connections.with_label_values(&["ok"]).inc();
         m.register_token_expiry(|| Some(42.0));
         let text = m.encode();
         for name in [
-            "civic_sidecar_requests_total{code=\"200\"} 1",
+            "civic_sidecar_requests_total{code=\"200\",profile=\"default\"} 1",
             "civic_sidecar_upstream_request_duration_seconds_bucket",
-            "civic_sidecar_exchanges_total{result=\"ok\"} 1",
+            "civic_sidecar_exchanges_total{profile=\"billing\",result=\"ok\"} 1",
             "civic_sidecar_exchange_duration_seconds_bucket",
             "civic_sidecar_token_cache_hits_total 0",
             "civic_sidecar_token_cache_misses_total 0",

@@ -1,4 +1,4 @@
-//! The data path: one workload request in, one hub request out (protocol.md §7 statements 1–7,
+//! The data path: one workload request in, one hub request out (docs/protocol.md statements 1–7,
 //! 17–19, 21–28).
 //!
 //! Order of checks: DNS-rebinding guard (`Host` 421, `Origin` 403), route (404), method (405),
@@ -24,12 +24,12 @@ use tokio::sync::Mutex;
 
 use crate::body::{BodyError, RequestBody, ResponseBody, StreamGuard};
 use crate::config::{Config, SubjectMode};
-use crate::contract::MCP_PATH;
 use crate::error::ProxyError;
 use crate::exchange::Exchange;
 use crate::guard::{OriginPolicy, is_loopback_authority};
 use crate::headers::{RequestRewrite, rewrite_response, strip_profile_params};
 use crate::metrics::Metrics;
+use crate::profiles::{RouteId, Unrouted};
 use crate::token::{Token, TokenSource};
 use crate::upstream::{HubDriver, Upstream, UpstreamSlot};
 
@@ -43,7 +43,7 @@ pub struct Proxy<E> {
     rewrite: RequestRewrite,
     hub_path: String,
     hub_uri: Uri,
-    strip_profile_query: bool,
+    profile_lock: bool,
     max_body_bytes: u64,
     origins: OriginPolicy,
     metrics: Arc<Metrics>,
@@ -78,9 +78,6 @@ impl<E: Exchange> Proxy<E> {
             SubjectMode::Header { name, .. } => Some(name.clone()),
             _ => None,
         };
-        let profile_value = config.profile.map(|p| {
-            HeaderValue::from_str(&p.hyphenated().to_string()).expect("a UUID is a header value")
-        });
         Self {
             tokens,
             upstream,
@@ -88,13 +85,12 @@ impl<E: Exchange> Proxy<E> {
                 authority: HeaderValue::from_str(&config.hub_authority())
                     .expect("a URL authority is a header value"),
                 profile_header: config.profile_header.clone(),
-                profile_value,
                 subject_header,
                 product: concat!("civic-sidecar/", env!("CARGO_PKG_VERSION")),
             },
             hub_path: config.hub_url.path().to_string(),
             hub_uri: Uri::try_from(config.hub_url.path()).expect("a URL path is a valid URI"),
-            strip_profile_query: config.profile.is_some() && config.profile_lock,
+            profile_lock: config.profile_lock,
             max_body_bytes: config.max_body_bytes,
             origins: config.allowed_origins.clone(),
             metrics,
@@ -139,7 +135,12 @@ impl<E: Exchange> Proxy<E> {
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let method = request.method().clone();
-        let response = match self.forward(connection, request).await {
+        let route = self.tokens.routes().resolve(request.uri().path());
+        let profile = match &route {
+            Ok(id) => self.tokens.routes().get(*id).name.as_str(),
+            Err(_) => "",
+        };
+        let response = match self.forward(connection, request, route.clone()).await {
             Ok(response) => response,
             Err(error) => {
                 let status = error.status();
@@ -151,9 +152,10 @@ impl<E: Exchange> Proxy<E> {
                 error.into_response()
             }
         };
-        self.metrics.observe_request(response.status());
+        self.metrics.observe_request(response.status(), profile);
         tracing::debug!(
             %method,
+            profile,
             status = response.status().as_u16(),
             duration_us = started.elapsed().as_micros() as u64,
             "request"
@@ -165,13 +167,18 @@ impl<E: Exchange> Proxy<E> {
         &self,
         connection: &Connection,
         request: Request<Incoming>,
+        route: Result<RouteId, Unrouted>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let (mut parts, body) = request.into_parts();
-        if let Err(e) = self.admit(&parts) {
-            discard(body, &parts.headers);
-            return Err(e);
-        }
-        let token = match self.tokens.token(&parts.headers).await {
+        let route = match self.admit(&parts, route) {
+            Ok(route) => route,
+            Err(e) => {
+                discard(body, &parts.headers);
+                return Err(e);
+            }
+        };
+        let profile = self.tokens.routes().get(route).header_value.as_ref();
+        let token = match self.tokens.token(&parts.headers, route).await {
             Ok(token) => token,
             Err(e) => {
                 discard(body, &parts.headers);
@@ -180,7 +187,7 @@ impl<E: Exchange> Proxy<E> {
         };
         let (body, exceeded) = self.read_body(body).await?;
 
-        parts.uri = self.upstream_uri(&parts.uri)?;
+        parts.uri = self.upstream_uri(&parts.uri, profile.is_some() && self.profile_lock)?;
         parts.version = Version::HTTP_11;
         parts.extensions = http::Extensions::new();
         {
@@ -188,7 +195,8 @@ impl<E: Exchange> Proxy<E> {
                 .user_agents
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            self.rewrite.apply(&mut parts.headers, &mut user_agents);
+            self.rewrite
+                .apply(&mut parts.headers, profile, &mut user_agents);
         }
         // Only small, complete bodies are kept for a replay; the copy is cheap (`Bytes`).
         let replay = match (&body, token.renewable()) {
@@ -277,11 +285,13 @@ impl<E: Exchange> Proxy<E> {
     }
 
     /// Everything decided from the request head alone: guard, route, method, declared size.
-    fn admit(&self, parts: &http::request::Parts) -> Result<(), ProxyError> {
+    fn admit(
+        &self,
+        parts: &http::request::Parts,
+        route: Result<RouteId, Unrouted>,
+    ) -> Result<RouteId, ProxyError> {
         self.check(parts)?;
-        if parts.uri.path() != MCP_PATH {
-            return Err(ProxyError::NotFound);
-        }
+        let route = route?;
         if !matches!(parts.method, Method::POST | Method::GET | Method::DELETE) {
             return Err(ProxyError::MethodNotAllowed);
         }
@@ -290,7 +300,7 @@ impl<E: Exchange> Proxy<E> {
         {
             return Err(ProxyError::BodyTooLarge(self.max_body_bytes));
         }
-        Ok(())
+        Ok(route)
     }
 
     /// Statements 4 and 5, and the Host rules of RFC 9112 §3.2.
@@ -328,10 +338,10 @@ impl<E: Exchange> Proxy<E> {
 
     /// The hub path with the workload's query (statement 6), minus profile parameters when the
     /// token is profile-locked (statement 25).
-    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, ProxyError> {
+    fn upstream_uri(&self, uri: &Uri, locked: bool) -> Result<Uri, ProxyError> {
         let target = match uri.query() {
             None => return Ok(self.hub_uri.clone()),
-            Some(query) if self.strip_profile_query => {
+            Some(query) if locked => {
                 let stripped = strip_profile_params(query);
                 if stripped.len() != query.len() {
                     tracing::debug!(

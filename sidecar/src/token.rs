@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::time::Instant;
-use uuid::Uuid;
 
 use crate::cache::{self, Backoff, CacheError, CachedToken, Key, TokenCache};
 use crate::config::{Config, SubjectMode};
 use crate::exchange::{ClientCredentials, Exchange, ExchangeRequest};
 use crate::metrics::Metrics;
+use crate::profiles::{RouteId, Routes};
 use crate::secret::Secret;
 use crate::subject::{self, FileValue, SubjectError, WatchedFile};
 
@@ -64,6 +64,7 @@ pub struct Token {
 
 #[derive(Debug, Clone)]
 struct Exchanged {
+    route: RouteId,
     key: Key,
     token: Arc<CachedToken>,
     subject: Secret,
@@ -91,13 +92,14 @@ struct Exchanging<E> {
     secret: WatchedFile,
     token_url: String,
     subject_token_type: String,
-    profile: Option<Uuid>,
+    routes: Arc<Routes>,
     lock_profile: bool,
     expires_in: Option<u32>,
     scope: Option<String>,
     cache: TokenCache<E>,
-    /// File mode: the key for (subject generation, secret generation), hashed once per change.
-    key_memo: Mutex<Option<(u64, u64, Key)>>,
+    /// File mode, per route: the key for (subject generation, secret generation), hashed once
+    /// per change.
+    key_memo: Vec<Mutex<Option<(u64, u64, Key)>>>,
 }
 
 enum SubjectSource {
@@ -118,6 +120,7 @@ enum Mode<E> {
 /// Gives each forwarded request its token.
 pub struct TokenSource<E> {
     mode: Mode<E>,
+    routes: Arc<Routes>,
 }
 
 impl<E> std::fmt::Debug for TokenSource<E> {
@@ -136,6 +139,7 @@ impl<E> std::fmt::Debug for TokenSource<E> {
 impl<E: Exchange> TokenSource<E> {
     /// Builds the source for `config`'s subject mode, exchanging through `exchanger`.
     pub fn new(config: &Config, exchanger: Arc<E>, metrics: Arc<Metrics>) -> Self {
+        let routes = Arc::new(Routes::new(config.profile, &config.profiles));
         let (subject, credentials, capacity) = match &config.mode {
             SubjectMode::Static { path } => {
                 return Self {
@@ -143,41 +147,49 @@ impl<E: Exchange> TokenSource<E> {
                         file: WatchedFile::new("access token", path),
                         memo: Mutex::new(None),
                     })),
+                    routes,
                 };
             }
             SubjectMode::File { path, credentials } => (
                 SubjectSource::File(WatchedFile::new("subject token", path)),
                 credentials,
-                1,
+                routes.len(),
             ),
+            // Each subject may hold a token per profile.
             SubjectMode::Header { name, credentials } => (
                 SubjectSource::Header(name.clone()),
                 credentials,
-                config.max_cached_subjects,
+                config.max_cached_subjects.saturating_mul(routes.len()),
             ),
         };
         Self {
+            routes: routes.clone(),
             mode: Mode::Exchange(Box::new(Exchanging {
                 subject,
                 client_id: credentials.client_id.clone(),
                 secret: WatchedFile::new("client secret", &credentials.secret_file),
                 token_url: config.token_url.to_string(),
                 subject_token_type: config.subject_token_type.clone(),
-                profile: config.profile,
+                key_memo: routes.iter().map(|_| Mutex::new(None)).collect(),
+                routes,
                 lock_profile: config.profile_lock,
                 expires_in: config.token_ttl_seconds,
                 scope: config.scope.clone(),
                 cache: TokenCache::new(exchanger, capacity, Backoff::default(), metrics),
-                key_memo: Mutex::new(None),
             })),
         }
     }
 
-    /// The token for a request with these headers.
-    pub async fn token(&self, headers: &HeaderMap) -> Result<Token, TokenError> {
+    /// The profiles served: which paths exist and what each locks to.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// The token for a request to `route` with these headers.
+    pub async fn token(&self, headers: &HeaderMap, route: RouteId) -> Result<Token, TokenError> {
         match &self.mode {
             Mode::Static(s) => s.token(),
-            Mode::Exchange(x) => x.token(headers).await,
+            Mode::Exchange(x) => x.token(headers, route).await,
         }
     }
 
@@ -194,17 +206,18 @@ impl<E: Exchange> TokenSource<E> {
         self.reject(rejected);
         match (&self.mode, &rejected.cached) {
             (Mode::Exchange(x), Some(cached)) => match &x.subject {
-                SubjectSource::File(_) => x.token(&HeaderMap::new()).await,
+                SubjectSource::File(_) => x.token(&HeaderMap::new(), cached.route).await,
                 SubjectSource::Header(_) => {
                     let secret = x.secret.current().map_err(TokenError::Secret)?.value;
-                    x.fetch(cached.key, cached.subject.clone(), secret).await
+                    x.fetch(cached.route, cached.key, cached.subject.clone(), secret)
+                        .await
                 }
             },
             _ => Ok(rejected.clone()),
         }
     }
 
-    /// Ready once a token can be served: a valid exchanged token (file mode), a readable
+    /// Ready once a token can be served: a valid exchanged token for every profile (file mode), a readable
     /// token file (static mode), at once (header mode).
     pub fn readiness(&self) -> Readiness {
         match &self.mode {
@@ -246,27 +259,19 @@ impl<E: Exchange> TokenSource<E> {
         };
         let mut last_problem: Option<String> = None;
         loop {
-            let wake = match x.file_inputs(file) {
-                Ok((key, subject, secret)) => {
-                    match x
-                        .cache
-                        .prefetch(&key, || x.inputs(subject.value, secret.value))
-                        .await
-                    {
-                        Ok(next) => {
-                            if last_problem.take().is_some() {
-                                tracing::info!("token available again");
-                            }
-                            next
-                        }
-                        Err(e) => {
-                            // The cache already logged the exchange failure.
-                            last_problem = Some(e.error.category().to_string());
-                            e.retry_at
-                        }
+            let wake = match self.warm(x, file).await {
+                Ok(next) => {
+                    if last_problem.take().is_some() {
+                        tracing::info!("token available again");
                     }
+                    next
                 }
-                Err(e) => {
+                Err(WarmError::Exchange(e)) => {
+                    // The cache already logged the exchange failure.
+                    last_problem = Some(e.error.category().to_string());
+                    e.retry_at
+                }
+                Err(WarmError::Input(e)) => {
                     let problem = e.to_string();
                     if last_problem.as_deref() != Some(problem.as_str()) {
                         tracing::warn!(error = %problem, "cannot exchange: input file unreadable");
@@ -282,6 +287,39 @@ impl<E: Exchange> TokenSource<E> {
             tokio::time::sleep(sleep).await;
         }
     }
+
+    /// One warmer pass over every profile: when to look again, or the first failure.
+    async fn warm(&self, x: &Exchanging<E>, file: &WatchedFile) -> Result<Instant, WarmError> {
+        let mut wake: Option<Instant> = None;
+        let mut failure = None;
+        for (route, _) in self.routes.iter() {
+            let (key, subject, secret) = x.file_inputs(file, route).map_err(WarmError::Input)?;
+            let label = &self.routes.get(route).name;
+            match x
+                .cache
+                .prefetch(&key, label, || x.inputs(route, subject.value, secret.value))
+                .await
+            {
+                Ok(next) => wake = Some(wake.map_or(next, |w| w.min(next))),
+                Err(e) => {
+                    wake = Some(wake.map_or(e.retry_at, |w| w.min(e.retry_at)));
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        match failure {
+            Some(mut e) => {
+                e.retry_at = wake.unwrap_or(e.retry_at);
+                Err(WarmError::Exchange(e))
+            }
+            None => Ok(wake.unwrap_or_else(|| Instant::now() + WARMER_MAX_SLEEP)),
+        }
+    }
+}
+
+enum WarmError {
+    Input(TokenError),
+    Exchange(CacheError),
 }
 
 impl Static {
@@ -314,16 +352,16 @@ impl Static {
 }
 
 impl<E: Exchange> Exchanging<E> {
-    async fn token(&self, headers: &HeaderMap) -> Result<Token, TokenError> {
+    async fn token(&self, headers: &HeaderMap, route: RouteId) -> Result<Token, TokenError> {
         let (key, subject, secret) = match &self.subject {
             SubjectSource::File(file) => {
-                let (key, subject, secret) = self.file_inputs(file)?;
+                let (key, subject, secret) = self.file_inputs(file, route)?;
                 (key, subject.value, secret.value)
             }
             SubjectSource::Header(name) => {
                 let subject = subject::from_header(headers, name).map_err(TokenError::Subject)?;
                 let secret = self.secret.current().map_err(TokenError::Secret)?.value;
-                let (credentials, request) = self.inputs(subject.clone(), secret.clone());
+                let (credentials, request) = self.inputs(route, subject.clone(), secret.clone());
                 (
                     cache::key(&self.token_url, &credentials, &request),
                     subject,
@@ -331,18 +369,26 @@ impl<E: Exchange> Exchanging<E> {
                 )
             }
         };
-        self.fetch(key, subject, secret).await
+        self.fetch(route, key, subject, secret).await
     }
 
-    async fn fetch(&self, key: Key, subject: Secret, secret: Secret) -> Result<Token, TokenError> {
+    async fn fetch(
+        &self,
+        route: RouteId,
+        key: Key,
+        subject: Secret,
+        secret: Secret,
+    ) -> Result<Token, TokenError> {
+        let label = &self.routes.get(route).name;
         let token = self
             .cache
-            .get(&key, || self.inputs(subject.clone(), secret))
+            .get(&key, label, || self.inputs(route, subject.clone(), secret))
             .await
             .map_err(TokenError::Exchange)?;
         Ok(Token {
             bearer: token.bearer.clone(),
             cached: Some(Exchanged {
+                route,
                 key,
                 token,
                 subject,
@@ -350,24 +396,37 @@ impl<E: Exchange> Exchanging<E> {
         })
     }
 
-    /// File mode: current subject and secret, and their key (hashed once per change).
-    fn file_inputs(&self, file: &WatchedFile) -> Result<(Key, FileValue, FileValue), TokenError> {
+    /// File mode: current subject and secret, and their key for `route` (hashed once per
+    /// change).
+    fn file_inputs(
+        &self,
+        file: &WatchedFile,
+        route: RouteId,
+    ) -> Result<(Key, FileValue, FileValue), TokenError> {
         let subject = file.current().map_err(TokenError::Subject)?;
         let secret = self.secret.current().map_err(TokenError::Secret)?;
-        let mut memo = self.key_memo.lock().unwrap_or_else(|p| p.into_inner());
+        let mut memo = self.key_memo[route.index()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some((s, c, key)) = memo.as_ref()
             && *s == subject.generation
             && *c == secret.generation
         {
             return Ok((*key, subject, secret));
         }
-        let (credentials, request) = self.inputs(subject.value.clone(), secret.value.clone());
+        let (credentials, request) =
+            self.inputs(route, subject.value.clone(), secret.value.clone());
         let key = cache::key(&self.token_url, &credentials, &request);
         *memo = Some((subject.generation, secret.generation, key));
         Ok((key, subject, secret))
     }
 
-    fn inputs(&self, subject: Secret, secret: Secret) -> (ClientCredentials, ExchangeRequest) {
+    fn inputs(
+        &self,
+        route: RouteId,
+        subject: Secret,
+        secret: Secret,
+    ) -> (ClientCredentials, ExchangeRequest) {
         (
             ClientCredentials {
                 client_id: self.client_id.clone(),
@@ -376,7 +435,7 @@ impl<E: Exchange> Exchanging<E> {
             ExchangeRequest {
                 subject_token: subject,
                 subject_token_type: self.subject_token_type.clone(),
-                profile: self.profile,
+                profile: self.routes.get(route).profile,
                 lock_profile: self.lock_profile,
                 expires_in: self.expires_in,
                 scope: self.scope.clone(),
@@ -384,17 +443,27 @@ impl<E: Exchange> Exchanging<E> {
         )
     }
 
+    /// Ready when every profile has a token; otherwise why the first one has none.
     fn file_readiness(&self, file: &WatchedFile) -> Readiness {
-        match self.file_inputs(file) {
-            Err(e) => Readiness::NotReady(e.to_string()),
-            Ok((key, _, _)) => match self.cache.peek(&key) {
-                Some(_) => Readiness::Ready,
-                None => Readiness::NotReady(match self.cache.last_error(&key) {
-                    Some(e) => format!("no token yet: {e}"),
-                    None => "no token yet: first exchange pending".to_string(),
-                }),
-            },
+        for (route, served) in self.routes.iter() {
+            let (key, _, _) = match self.file_inputs(file, route) {
+                Ok(inputs) => inputs,
+                Err(e) => return Readiness::NotReady(e.to_string()),
+            };
+            if self.cache.peek(&key).is_some() {
+                continue;
+            }
+            let why = match self.cache.last_error(&key) {
+                Some(e) => format!("no token yet: {e}"),
+                None => "no token yet: first exchange pending".to_string(),
+            };
+            return Readiness::NotReady(if self.routes.len() > 1 {
+                format!("profile {}: {why}", served.name)
+            } else {
+                why
+            });
         }
+        Readiness::Ready
     }
 }
 
@@ -467,12 +536,18 @@ mod tests {
             (c::ENV_CLIENT_SECRET_FILE, path("secret")),
             (c::ENV_SUBJECT_TOKEN_FILE, path("subject")),
         ]);
-        let token = exchanging.token(&HeaderMap::new()).await.unwrap();
+        let token = exchanging
+            .token(&HeaderMap::new(), RouteId::DEFAULT)
+            .await
+            .unwrap();
         assert_eq!(token.bearer.to_str().unwrap(), format!("Bearer {ACCESS}"));
         assert_redacted(&format!("{token:?} {token:#?} {exchanging:?}"));
 
         let fixed = source(&[(c::ENV_ACCESS_TOKEN_FILE, path("access"))]);
-        let token = fixed.token(&HeaderMap::new()).await.unwrap();
+        let token = fixed
+            .token(&HeaderMap::new(), RouteId::DEFAULT)
+            .await
+            .unwrap();
         assert_eq!(token.bearer.to_str().unwrap(), format!("Bearer {ACCESS}"));
         assert_redacted(&format!("{token:?} {token:#?} {fixed:?}"));
         let _ = std::fs::remove_dir_all(&d);

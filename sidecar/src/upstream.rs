@@ -1,6 +1,6 @@
 //! Connections to the hub. Each workload connection lazily opens one HTTP/1.1 connection to the
 //! hub and reuses it for its requests ([`UpstreamSlot`]); measured here, that beats a shared pool
-//! (DESIGN.md §7). The hub connection is driven by the workload connection's own task
+//! (docs/architecture.md §5). The hub connection is driven by the workload connection's own task
 //! ([`HubDriver`]), like nginx's one event loop: no task hand-off per request, no task per hub
 //! connection. TLS is rustls with the shared client configuration; `http://` only on loopback.
 

@@ -1,4 +1,4 @@
-//! protocol.md §7 statements 7-20: credentials, the exchange request, caching rules, failures,
+//! docs/protocol.md statements 7-20: credentials, the exchange request, caching rules, failures,
 //! the 401 replay and secret hygiene. Real binary, fake Civic Auth, fake hub.
 
 mod common;
@@ -270,7 +270,7 @@ async fn drive(env: &common::Env, dur: Duration, every: Duration) -> Vec<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s11_token_reused_until_refresh_point() {
     // expires_in 6 s: reused until X = 6 - min(30, 3) = 3 s after receipt, then replaced. The
-    // replacement may be fetched in the background somewhat ahead of X (DESIGN §5: no request
+    // replacement may be fetched in the background somewhat ahead of X (statement 11: no request
     // waits), so the checks are: reuse (no exchange) for the first half of X, a new exchange by
     // X, the first token not sent past X (plus scheduling slack), and requests on the new token.
     let env = Setup::new("s11_token_reused_until_refresh_point")

@@ -32,7 +32,7 @@ const TOKEN_TTL_SECS: u64 = 4;
 const SUBJECT_ROTATION: Duration = Duration::from_secs(5);
 /// One event per stream this often.
 const EVENT_INTERVAL: Duration = Duration::from_secs(2);
-/// RSS growth allowed after the warm-up (DESIGN.md §7, the benchmark's creep bound).
+/// RSS growth allowed after the warm-up (docs/architecture.md §7, the benchmark's creep bound).
 const CREEP_BOUND_KIB: u64 = 512;
 /// Time to open every stream plus a warm-up (several token refreshes) before the RSS baseline.
 const OPEN_AND_WARMUP: Duration = Duration::from_secs(15);

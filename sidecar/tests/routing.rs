@@ -1,4 +1,4 @@
-//! protocol.md §7 statements 1-6 and 25: listener, routing, DNS-rebinding and Origin guards,
+//! docs/protocol.md statements 1-6 and 25: listener, routing, DNS-rebinding and Origin guards,
 //! upstream path and query; plus the admin listener. Real binary, real sockets.
 
 mod common;
@@ -453,7 +453,7 @@ async fn readyz_waits_for_first_token_in_file_mode() {
     env.finish();
 }
 
-/// DESIGN §7 budget, checked loosely here (a debug build on loopback): the measured value is
+/// docs/architecture.md §7 budget, checked loosely (debug build, loopback): the measured value is
 /// printed for the issue note; the release figure belongs to the benchmark.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn footprint_idle_rss_reported() {

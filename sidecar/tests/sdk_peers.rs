@@ -1,4 +1,4 @@
-//! protocol.md §7 statements 29 and 30 with the official MCP SDKs (protocol.md §5): the Python
+//! docs/protocol.md statements 29 and 30 with the official MCP SDKs (its §5): the Python
 //! client (mcp 2.3.0, legacy and auto) and the TypeScript client (@modelcontextprotocol/sdk
 //! 1.32.2) reach the dual-era Python server and the legacy-only Node server through the sidecar
 //! with no credentials; the upstream's header log shows only the sidecar's token.
@@ -7,110 +7,12 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
-
 use civic_testkit::secrets::PROFILE_ID;
-use common::{Env, Peer, Setup, read_header_log, require_peers, token_digest};
+use common::{
+    Env, Setup, Upstream, check_report, read_header_log, require_peers, run_client, start_upstream,
+    token_digest,
+};
 use serde_json::Value;
-
-enum Upstream {
-    PythonDualEra { gzip: bool },
-    NodeLegacy,
-}
-
-async fn start_upstream(name: &str, kind: &Upstream, header_log: &Path) -> Peer {
-    let dir = require_peers();
-    let mut cmd = match kind {
-        Upstream::PythonDualEra { gzip } => {
-            let mut cmd = Command::new(dir.join(".venv/bin/python"));
-            cmd.arg(dir.join("py_server.py"))
-                .arg("--header-log")
-                .arg(header_log);
-            if *gzip {
-                cmd.arg("--gzip");
-            }
-            cmd
-        }
-        Upstream::NodeLegacy => {
-            let mut cmd = Command::new("node");
-            cmd.arg(dir.join("node_server.mjs"))
-                .arg("--header-log")
-                .arg(header_log);
-            cmd
-        }
-    };
-    cmd.current_dir(&dir);
-    Peer::spawn(name, cmd).await.unwrap()
-}
-
-/// Run one official client against `url`; returns its JSON report.
-async fn run_client(client: &str, url: &str) -> Value {
-    let dir = require_peers();
-    let mut cmd = match client {
-        "python-legacy" | "python-auto" => {
-            let mut c = tokio::process::Command::new(dir.join(".venv/bin/python"));
-            c.arg(dir.join("py_client.py"))
-                .arg(url)
-                .arg("--mode")
-                .arg(client.trim_start_matches("python-"))
-                .arg("--slow");
-            c
-        }
-        "node" => {
-            let mut c = tokio::process::Command::new("node");
-            c.arg(dir.join("node_client.mjs")).arg(url).arg("--slow");
-            c
-        }
-        other => panic!("unknown client {other}"),
-    };
-    cmd.current_dir(&dir).kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("{client} client did not finish in 60 s"))
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    common::assert_no_secret_in(&stdout, "client output");
-    common::assert_no_secret_in(&stderr, "client output");
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .unwrap_or_else(|| {
-            panic!(
-                "{client} printed no JSON; status {:?}\nstdout: {stdout}\nstderr: {stderr}",
-                out.status
-            )
-        });
-    let mut v: Value = serde_json::from_str(line).unwrap();
-    v["client"] = Value::String(client.into());
-    if !out.status.success() {
-        v["stderr_tail"] = Value::String(
-            stderr
-                .chars()
-                .rev()
-                .take(800)
-                .collect::<String>()
-                .chars()
-                .rev()
-                .collect(),
-        );
-    }
-    v
-}
-
-/// Check a client report: connected, listed both tools, echoed, streamed progress.
-fn check_report(v: &Value) -> Result<(), String> {
-    let ok = v["ok"].as_bool() == Some(true)
-        && v["tools"]
-            .as_array()
-            .is_some_and(|t| t.iter().any(|x| x == "echo") && t.iter().any(|x| x == "slow"))
-        && v["echo"] == "hello through the sidecar"
-        && v["slow"] == "done after 3 steps";
-    if ok { Ok(()) } else { Err(format!("{v}")) }
-}
 
 /// Every request the upstream logged carried exactly one bearer, one the fake Civic Auth issued,
 /// and exactly one profile header with the configured UUID.

@@ -1,5 +1,5 @@
 //! A real kube-apiserver (1.34, built by `scripts/kube/build.sh`) with etcd on loopback, for the
-//! real-apiserver test tier (DESIGN.md §6 tier 4).
+//! real-apiserver test tier (docs/architecture.md §6 tier 4).
 //!
 //! Each [`KubeApiServer`] owns a temp dir with its etcd data, PKI, static token file and
 //! kubeconfigs; dropping it kills every process it started. Users authenticate with static bearer

@@ -1,4 +1,4 @@
-//! `FakeCivicAuth`: an RFC 8693 token endpoint at `/oauth/token`, as protocol.md §1 describes
+//! `FakeCivicAuth`: an RFC 8693 token endpoint at `/oauth/token`, as docs/protocol.md §1 describes
 //! Civic Auth. It checks HTTP Basic and every form field, records each request, counts calls,
 //! issues HS256 JWTs the test upstreams can verify, and can be scripted per call.
 

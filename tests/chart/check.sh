@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Chart checks (DESIGN.md §6 tier 5), run by scripts/test.sh:
+# Chart checks (docs/architecture.md §6 tier 5), run by scripts/test.sh:
 #   - the chart's CRD copy equals crds/ (the CRD generated from the operator's types);
 #   - helm lint --strict and helm template with the default values and every tests/chart/values-*.yaml;
 #   - every rendered manifest passes kubernetes-validate --strict for Kubernetes 1.33, and the

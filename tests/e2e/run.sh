@@ -57,6 +57,9 @@ TAG=e2e
 WORKLOAD_IMAGE=civic-mcp/mcp-workload:$TAG
 CLIENT_ID=civic-e2e-client
 PROFILE_ID=7c9e6679-7425-40de-944b-e07fc1f90ae7
+# The named profiles of the toolkits binding (several profiles in one pod).
+SUPPORT_PROFILE_ID=5b3d1a52-8f0e-4c7a-9a61-0d3e5c2b7f11
+BILLING_PROFILE_ID=c1f0e9d8-2b3a-4c5d-8e7f-a0b1c2d3e4f5
 APP_SA=mcp-client
 E2E_PASSED=0
 CAPTURE_DIR=${CIVIC_E2E_CAPTURE_DIR:-target/civic-test-logs/e2e-$CLUSTER}
@@ -162,6 +165,7 @@ spec:
             - --client-id=$CLIENT_ID
             - --client-secret-file=/client/secrets
             - --profile-id=$PROFILE_ID
+            - --extra-profile-id=$SUPPORT_PROFILE_ID,$BILLING_PROFILE_ID
             - --audience=civic
             # Verify subject tokens as Civic Auth would: the cluster's issuer and keys.
             - --jwks-file=/jwks/jwks.json
@@ -292,6 +296,14 @@ spec:
       profileId: $PROFILE_ID
       subject:
         serviceAccountToken: {audience: civic, expirationSeconds: 600}
+    - name: toolkits
+      podSelector: {matchLabels: {app: mcp-toolkits}}
+      profileId: $PROFILE_ID
+      profiles:
+        - {name: support, profileId: $SUPPORT_PROFILE_ID}
+        - {name: billing-tools, profileId: $BILLING_PROFILE_ID}
+      subject:
+        serviceAccountToken: {audience: civic, expirationSeconds: 3600}
 EOF
 kubectl -n "$APP_NS" wait civicintegration/e2e --for=condition=Ready --timeout=120s
 columns=$(kubectl -n "$APP_NS" get civic e2e | head -1)
@@ -496,6 +508,41 @@ static_first=$(kubectl -n "$APP_NS" logs mcp-static -c app | json_event first_ca
 jq -r .whoami <<<"$static_first" | grep -q 'static-agent' || die "static-token call ran as another subject: $static_first"
 pass "per-user binding: the call runs as the header's user (alice) and is refused without it; static-token binding: runs as static-agent"
 
+log "several profiles in one pod: each through its own URL with its own locked token"
+TOOLKITS_SUB=system:serviceaccount:$APP_NS:toolkits
+kubectl -n "$APP_NS" create serviceaccount toolkits
+kubectl apply -f - <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: mcp-toolkits, namespace: $APP_NS, labels: {app: mcp-toolkits, mcp.civic.com/inject: enabled}}
+spec:
+  serviceAccountName: toolkits
+  terminationGracePeriodSeconds: 10
+  containers:
+    - {name: app, image: $WORKLOAD_IMAGE, imagePullPolicy: Never, args: [serve], securityContext: $restricted}
+EOF
+kubectl -n "$APP_NS" wait pod/mcp-toolkits --for=condition=Ready --timeout=180s
+toolkits_env=$(kubectl -n "$APP_NS" get pod mcp-toolkits -o json | jq -c '[.spec.containers[] | select(.name == "app") | .env[] | {(.name): .value}] | add')
+for want in CIVIC_MCP_URL CIVIC_MCP_URL_SUPPORT CIVIC_MCP_URL_BILLING_TOOLS; do
+  jq -e --arg k "$want" 'has($k)' <<<"$toolkits_env" >/dev/null || die "the app container lacks $want: $toolkits_env"
+done
+for pair in ":$PROFILE_ID" "support:$SUPPORT_PROFILE_ID" "billing-tools:$BILLING_PROFILE_ID"; do
+  name=${pair%%:*} uuid=${pair#*:}
+  out=$(kubectl -n "$APP_NS" exec mcp-toolkits -c app -- /mcp-workload call ${name:+--profile "$name"}) ||
+    die "the call to profile '${name:-default}' failed: $out"
+  jq -r .whoami <<<"$out" | grep -q "\"civic_profile\":\"$uuid\"" ||
+    die "profile '${name:-default}' reached the hub with another profile's token: $out"
+  jq -r .whoami <<<"$out" | grep -q "$TOOLKITS_SUB" || die "profile '${name:-default}' ran as another subject: $out"
+done
+unknown=$(kubectl -n "$APP_NS" exec mcp-toolkits -c app -- /mcp-workload call --url http://127.0.0.1:8931/profiles/sales/hub/mcp) &&
+  die "a profile the binding does not list was served: $unknown"
+by_profile=$(fakes_stats | jq -c '.issued_by_profile')
+for uuid in "$SUPPORT_PROFILE_ID" "$BILLING_PROFILE_ID"; do
+  jq -e --arg p "$uuid" '.[$p] >= 1' <<<"$by_profile" >/dev/null || die "no exchange locked to $uuid: $by_profile"
+done
+[ "$(fakes_stats | jq '.hub_profile_header_mismatch')" = 0 ] || die "a hub request's profile header did not match its token"
+pass "one pod, three profiles: /hub/mcp, \$CIVIC_MCP_URL_SUPPORT and \$CIVIC_MCP_URL_BILLING_TOOLS each reached the hub as $TOOLKITS_SUB with a token locked to its own profile (exchanges by profile: $by_profile); an unlisted profile is refused"
+
 log "pod deletion: the app stops first, its open stream finishes, the sidecar stops last"
 streaming() { kubectl -n "$APP_NS" logs mcp-static -c app | json_event streaming | grep -q .; }
 retry 60 1 streaming || die "mcp-static never opened its countdown stream"
@@ -610,7 +657,7 @@ pass "subject token refreshed by the kubelet after $(jq '.[1] - .[0]' <<<"$iats"
 
 log "helm uninstall"
 capture "$CAPTURE_DIR"
-kubectl -n "$APP_NS" delete deploy/mcp-client job/mcp-job pod/mcp-user pod/mcp-rotate --wait=true
+kubectl -n "$APP_NS" delete deploy/mcp-client job/mcp-job pod/mcp-user pod/mcp-rotate pod/mcp-toolkits --wait=true
 helm uninstall "$RELEASE" --namespace "$OPERATOR_NS" --wait --timeout 5m
 namespaced_kinds=$(kubectl api-resources --verbs=list --namespaced -o name | grep -v '^events')
 leftovers() {

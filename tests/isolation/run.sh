@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Pod isolation with network namespaces (DESIGN.md §6 tier 6).
+# Pod isolation with network namespaces (docs/architecture.md §6 tier 6).
 #
 # A namespace "pod" runs the real civic-sidecar (proxy on 127.0.0.1:8931, admin on 0.0.0.0:8932,
 # as injected) next to civic-fakes (fake Civic Auth and hub, TLS on the pod's loopback). A

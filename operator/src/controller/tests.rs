@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::conditions::reason;
-use crate::crd::{ProfileBinding, ServiceAccountTokenSubject, SubjectSource};
+use crate::crd::ProfileBinding;
 use crate::probe::ProbeError;
 use crate::testing::{ApiMock, json_response, status_response};
 
@@ -69,17 +69,8 @@ fn integration(token_url: &str, status: Option<CivicIntegrationStatus>) -> Arc<C
             hub_url: "https://app.civic.com/hub/mcp".into(),
             token_url: token_url.into(),
             bindings: vec![ProfileBinding {
-                name: "support".into(),
                 pod_selector: Default::default(),
-                profile_id: "7c9e6679-7425-40de-944b-e07fc1f90ae7".into(),
-                lock_profile: true,
-                subject: SubjectSource::ServiceAccountToken(ServiceAccountTokenSubject {
-                    audience: "civic".into(),
-                    expiration_seconds: 3600,
-                }),
-                subject_token_type: None,
-                token_ttl_seconds: None,
-                scope: None,
+                ..crate::testing::binding("support", "")
             }],
             sidecar: None,
         },

@@ -2,7 +2,7 @@
 //! the RFC 6902 JSON patch between the two. The admission webhook and `civic-operator inject`
 //! both call [`inject`], so what the CLI prints is exactly what the webhook does.
 //!
-//! What [`inject`] adds to a pod (DESIGN.md §4):
+//! What [`inject`] adds to a pod (docs/architecture.md §4):
 //! - the sidecar container [`SIDECAR_CONTAINER`]: a native sidecar (appended to the init
 //!   containers with `restartPolicy: Always` and a startup probe on the admin `/readyz`, so app
 //!   containers start only once it can serve), or, in [`SidecarMode::Legacy`] for clusters
@@ -209,11 +209,11 @@ pub fn inject(
 
     let mounts = volumes::add(spec, integration, binding, defaults);
     let container = sidecar::container(integration, binding, defaults, &mounts);
-    add_workload_url(spec, defaults.proxy_port);
     match defaults.mode {
         SidecarMode::Native => spec.init_containers.get_or_insert_default().push(container),
         SidecarMode::Legacy => spec.containers.push(container),
     }
+    add_workload_url(spec, defaults.proxy_port);
 
     let meta = &mut out.metadata;
     meta.labels
@@ -264,20 +264,47 @@ fn check_ports(spec: &PodSpec, defaults: &InjectDefaults) -> Result<(), InjectEr
     Ok(())
 }
 
-/// `CIVIC_MCP_URL` in every app container that does not set it already.
+/// `CIVIC_MCP_URL`, and `CIVIC_MCP_URL_<NAME>` for each named profile of the pod's sidecar
+/// (read from its `CIVIC_PROFILES`, so a reinvocation needs no binding), in every app container
+/// that does not set them already.
 fn add_workload_url(spec: &mut PodSpec, proxy_port: u16) {
-    let url = contract::workload_mcp_url(proxy_port);
+    let named = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .find(|c| c.name == SIDECAR_CONTAINER)
+        .and_then(|c| {
+            c.env
+                .iter()
+                .flatten()
+                .find(|e| e.name == contract::ENV_PROFILES)
+        })
+        .and_then(|e| e.value.as_deref())
+        .unwrap_or_default();
+    let mut urls = vec![(
+        contract::WORKLOAD_MCP_URL_ENV.to_owned(),
+        contract::workload_mcp_url(proxy_port),
+    )];
+    urls.extend(civic_sidecar::profiles::names(named).map(|name| {
+        (
+            civic_sidecar::profiles::url_env(name),
+            civic_sidecar::profiles::workload_url(proxy_port, name),
+        )
+    }));
     for c in spec
         .containers
         .iter_mut()
         .filter(|c| c.name != SIDECAR_CONTAINER)
     {
-        if !sets_env(c, contract::WORKLOAD_MCP_URL_ENV) {
-            c.env.get_or_insert_default().push(EnvVar {
-                name: contract::WORKLOAD_MCP_URL_ENV.to_owned(),
-                value: Some(url.clone()),
-                value_from: None,
-            });
+        for (name, url) in &urls {
+            if !sets_env(c, name) {
+                c.env.get_or_insert_default().push(EnvVar {
+                    name: name.clone(),
+                    value: Some(url.clone()),
+                    value_from: None,
+                });
+            }
         }
     }
 }

@@ -86,6 +86,17 @@ fn env(
         var(contract::ENV_HUB_URL, &spec.hub_url),
         var(contract::ENV_PROFILE_ID, &binding.profile_id),
     ];
+    if !binding.profiles.is_empty() {
+        env.push(var(
+            contract::ENV_PROFILES,
+            civic_sidecar::profiles::render(
+                binding
+                    .profiles
+                    .iter()
+                    .map(|p| (p.name.as_str(), p.profile_id.as_str())),
+            ),
+        ));
+    }
     if let Some(path) = &mounts.ca_file {
         env.push(var(contract::ENV_CA_FILE, path));
     }

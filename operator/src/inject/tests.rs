@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, Pod, PodSpec, Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::json;
 
 use super::select::{SelectError, UnusableError, Usable, select, usable};
@@ -16,24 +16,7 @@ use crate::crd::{
 
 const PROFILE: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
 
-fn binding(name: &str, app: &str) -> ProfileBinding {
-    ProfileBinding {
-        name: name.into(),
-        pod_selector: LabelSelector {
-            match_labels: Some([("app".to_string(), app.to_string())].into()),
-            match_expressions: None,
-        },
-        profile_id: PROFILE.into(),
-        lock_profile: true,
-        subject: SubjectSource::ServiceAccountToken(ServiceAccountTokenSubject {
-            audience: "civic".into(),
-            expiration_seconds: 3600,
-        }),
-        subject_token_type: None,
-        token_ttl_seconds: None,
-        scope: None,
-    }
-}
+use crate::testing::binding;
 
 fn integration(name: &str, bindings: Vec<ProfileBinding>) -> CivicIntegration {
     let mut ci = CivicIntegration::new(
@@ -583,7 +566,12 @@ fn injecting_twice_changes_nothing() {
 
 #[test]
 fn reinvocation_adds_the_url_to_containers_added_since() {
-    let ci = integration("civic", vec![binding("support", "agent")]);
+    let mut b = binding("support", "agent");
+    b.profiles = vec![crate::crd::NamedProfile {
+        name: "billing-tools".into(),
+        profile_id: "c1f0e9d8-2b3a-4c5d-8e7f-a0b1c2d3e4f5".into(),
+    }];
+    let ci = integration("civic", vec![b]);
     let mut once = inject(
         &pod("agent"),
         &ci,
@@ -605,6 +593,16 @@ fn reinvocation_adds_the_url_to_containers_added_since() {
     assert_eq!(
         env_of(&spec.containers[1], "CIVIC_MCP_URL"),
         Some("http://127.0.0.1:8931/hub/mcp")
+    );
+    // Named profiles come from the injected sidecar's own CIVIC_PROFILES.
+    assert_eq!(
+        env_of(&spec.containers[1], "CIVIC_MCP_URL_BILLING_TOOLS"),
+        Some("http://127.0.0.1:8931/profiles/billing-tools/hub/mcp")
+    );
+    assert_eq!(
+        complete_injected(&once, &InjectDefaults::default()),
+        again,
+        "the webhook's reinvocation path agrees"
     );
 }
 

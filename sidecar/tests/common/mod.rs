@@ -470,3 +470,105 @@ macro_rules! assert_secret_ne {
         }
     };
 }
+
+/// An official-SDK MCP server standing in for the hub.
+pub enum Upstream {
+    /// The Python SDK server, both protocol eras (`gzip`: compressed responses).
+    PythonDualEra { gzip: bool },
+    /// The TypeScript SDK server, legacy era only.
+    NodeLegacy,
+}
+
+/// Starts `kind`, logging each request's headers to `header_log`.
+pub async fn start_upstream(name: &str, kind: &Upstream, header_log: &Path) -> Peer {
+    let dir = require_peers();
+    let mut cmd = match kind {
+        Upstream::PythonDualEra { gzip } => {
+            let mut cmd = Command::new(dir.join(".venv/bin/python"));
+            cmd.arg(dir.join("py_server.py"))
+                .arg("--header-log")
+                .arg(header_log);
+            if *gzip {
+                cmd.arg("--gzip");
+            }
+            cmd
+        }
+        Upstream::NodeLegacy => {
+            let mut cmd = Command::new("node");
+            cmd.arg(dir.join("node_server.mjs"))
+                .arg("--header-log")
+                .arg(header_log);
+            cmd
+        }
+    };
+    cmd.current_dir(&dir);
+    Peer::spawn(name, cmd).await.unwrap()
+}
+
+/// Run one official client (`python-legacy`, `python-auto` or `node`) against `url`; returns
+/// its JSON report.
+pub async fn run_client(client: &str, url: &str) -> Value {
+    let dir = require_peers();
+    let mut cmd = match client {
+        "python-legacy" | "python-auto" => {
+            let mut c = tokio::process::Command::new(dir.join(".venv/bin/python"));
+            c.arg(dir.join("py_client.py"))
+                .arg(url)
+                .arg("--mode")
+                .arg(client.trim_start_matches("python-"))
+                .arg("--slow");
+            c
+        }
+        "node" => {
+            let mut c = tokio::process::Command::new("node");
+            c.arg(dir.join("node_client.mjs")).arg(url).arg("--slow");
+            c
+        }
+        other => panic!("unknown client {other}"),
+    };
+    cmd.current_dir(&dir).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{client} client did not finish in 60 s"))
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_no_secret_in(&stdout, "client output");
+    assert_no_secret_in(&stderr, "client output");
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or_else(|| {
+            panic!(
+                "{client} printed no JSON; status {:?}\nstdout: {stdout}\nstderr: {stderr}",
+                out.status
+            )
+        });
+    let mut v: Value = serde_json::from_str(line).unwrap();
+    v["client"] = Value::String(client.into());
+    if !out.status.success() {
+        v["stderr_tail"] = Value::String(
+            stderr
+                .chars()
+                .rev()
+                .take(800)
+                .collect::<String>()
+                .chars()
+                .rev()
+                .collect(),
+        );
+    }
+    v
+}
+
+/// Check a client report: connected, listed both tools, echoed, streamed progress.
+pub fn check_report(v: &Value) -> Result<(), String> {
+    let ok = v["ok"].as_bool() == Some(true)
+        && v["tools"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|x| x == "echo") && t.iter().any(|x| x == "slow"))
+        && v["echo"] == "hello through the sidecar"
+        && v["slow"] == "done after 3 steps";
+    if ok { Ok(()) } else { Err(format!("{v}")) }
+}

@@ -79,6 +79,14 @@ struct Args {
     /// The profile UUID the hub requires in the token's `civic_profile` claim.
     #[arg(long, env = "FAKES_PROFILE_ID")]
     profile_id: String,
+    /// More profile UUIDs the hub accepts tokens locked to (a binding's named profiles);
+    /// comma-separated in the environment.
+    #[arg(
+        long = "extra-profile-id",
+        env = "FAKES_EXTRA_PROFILE_IDS",
+        value_delimiter = ','
+    )]
+    extra_profile_ids: Vec<String>,
     /// The cluster's JWKS (`kubectl get --raw /openid/v1/jwks`); when set, subject tokens must
     /// carry a valid RS256 signature under one of its keys. Re-read when the file changes.
     #[arg(long, env = "FAKES_JWKS_FILE", requires = "issuer")]
@@ -100,6 +108,8 @@ struct Stats {
     issued_by_secret: Mutex<Vec<usize>>,
     /// Exchanges that asked for `civic_profile`.
     profile_locked: AtomicUsize,
+    /// Tokens issued per requested `civic_profile` (a UUID, never a token).
+    issued_by_profile: Mutex<BTreeMap<String, usize>>,
     /// Exchanges refused because of the subject token (a subset of `invalid_grant`).
     subject_rejected: AtomicUsize,
     /// Those refusals per JWKS-mode reason (the `error_description`).
@@ -377,7 +387,7 @@ struct Fakes {
 }
 
 impl Fakes {
-    /// Decides one exchange; mirrors the checks Civic documents (protocol.md §1).
+    /// Decides one exchange; mirrors the checks Civic documents (docs/protocol.md §1).
     fn exchange(&self, req: &ExchangeRequest) -> AuthReply {
         self.stats.exchanges.fetch_add(1, Ordering::Relaxed);
         let secret_index = req.basic.as_ref().and_then(|(id, secret)| {
@@ -450,8 +460,13 @@ impl Fakes {
             }
         }
         let profile = req.field("civic_profile");
-        if profile.is_some() {
+        if let Some(p) = profile {
             self.stats.profile_locked.fetch_add(1, Ordering::Relaxed);
+            let mut by_profile = self.stats.issued_by_profile.lock().unwrap();
+            // Bounded: a caller cannot grow the map with made-up profiles.
+            if by_profile.len() < 64 || by_profile.contains_key(p) {
+                *by_profile.entry(p.to_owned()).or_default() += 1;
+            }
         }
         // Civic bounds the lifetime by the request and by the subject's remaining validity.
         let now = jwt::now_unix();
@@ -510,16 +525,34 @@ impl Fakes {
                 .iter()
                 .filter(|r| r.header("x-civic-profile-id").is_some())
                 .count(),
+            "issued_by_profile": *s.issued_by_profile.lock().unwrap(),
+            // Requests whose profile header names another profile than their token is locked to.
+            "hub_profile_header_mismatch": requests
+                .iter()
+                .filter(|r| {
+                    let locked = r
+                        .bearer
+                        .as_deref()
+                        .and_then(jwt::decode_unverified)
+                        .and_then(|c| c["civic_profile"].as_str().map(String::from));
+                    locked.is_some() && r.header("x-civic-profile-id") != locked
+                })
+                .count(),
         })
     }
 }
 
-/// The hub accepts a token only when the fake Auth issued it for the expected profile.
-fn profile_locked_validator(profile: String) -> impl Fn(&str) -> bool + Send + Sync + 'static {
+/// The hub accepts a token only when the fake Auth issued it locked to one of `profiles`.
+fn profile_locked_validator(
+    profiles: Vec<String>,
+) -> impl Fn(&str) -> bool + Send + Sync + 'static {
     move |token| {
         issued_by_fake_auth(token)
-            && jwt::verify(token)
-                .is_ok_and(|c| c.get("civic_profile").and_then(Value::as_str) == Some(&profile))
+            && jwt::verify(token).is_ok_and(|c| {
+                c.get("civic_profile")
+                    .and_then(Value::as_str)
+                    .is_some_and(|p| profiles.iter().any(|q| q == p))
+            })
     }
 }
 
@@ -787,7 +820,15 @@ async fn main() -> anyhow::Result<()> {
     let decide = fakes.clone();
     auth.set_script(move |_, req| Some(decide.exchange(req)));
     let hub = Arc::new(FakeHub::start().await?);
-    hub.set_validator(profile_locked_validator(args.profile_id.clone()));
+    let accepted = std::iter::once(args.profile_id.clone())
+        .chain(
+            args.extra_profile_ids
+                .iter()
+                .filter(|p| !p.is_empty())
+                .cloned(),
+        )
+        .collect();
+    hub.set_validator(profile_locked_validator(accepted));
     hub.set_responder(hub_reply);
 
     let auth_listener = TcpListener::bind(args.auth_addr).await?;
@@ -886,8 +927,13 @@ mod tests {
             claims["exp"].as_u64().unwrap() <= exp,
             "bounded by the subject"
         );
-        assert!(profile_locked_validator("prof-1".into())(&token));
-        assert!(!profile_locked_validator("prof-2".into())(&token));
+        assert!(profile_locked_validator(vec!["prof-1".into()])(&token));
+        assert!(profile_locked_validator(vec![
+            "prof-0".into(),
+            "prof-1".into()
+        ])(&token));
+        assert!(!profile_locked_validator(vec!["prof-2".into()])(&token));
+        assert_eq!(f.stats.issued_by_profile.lock().unwrap()["prof-1"], 1);
         assert_eq!(*f.stats.issued_by_secret.lock().unwrap(), vec![1]);
     }
 
@@ -922,7 +968,7 @@ mod tests {
         // An unlocked token (no civic_profile) is refused by the hub.
         let _ = f.exchange(&request("s1", &good, None));
         let unlocked = issued_token(&f).expect("issued");
-        assert!(!profile_locked_validator("prof-1".into())(&unlocked));
+        assert!(!profile_locked_validator(vec!["prof-1".into()])(&unlocked));
     }
 
     #[test]
@@ -1333,6 +1379,8 @@ m+td74KGx3e6eNmO3ZhG1w==
             "hub_requests",
             "hub_authorized",
             "hub_with_profile_header",
+            "issued_by_profile",
+            "hub_profile_header_mismatch",
         ] {
             assert!(stats.get(key).is_some(), "{key} is still reported");
         }

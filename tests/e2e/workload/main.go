@@ -8,7 +8,8 @@
 //	mcp-workload call [flags]     one fresh session, one JSON line ("call"); exit 0 ok, 1 not
 //	mcp-workload once [flags]     the same for Jobs (event "once")
 //
-// Flags: --url URL (default $CIVIC_MCP_URL), --tool NAME (default whoami), --header K=V and
+// Flags: --url URL (default $CIVIC_MCP_URL), --profile NAME (the URL from the injected
+// $CIVIC_MCP_URL_<NAME> of a binding's named profile), --tool NAME (default whoami), --header K=V and
 // --header-file K=PATH (repeatable; the value of a header file is read at call time, e.g. a
 // per-user token), --timeout DURATION (default 20s).
 //
@@ -122,6 +123,7 @@ func parseFlags(mode string, args []string) (options, error) {
 	fs := flag.NewFlagSet("mcp-workload "+mode, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&o.url, "url", os.Getenv("CIVIC_MCP_URL"), "MCP endpoint (default $CIVIC_MCP_URL)")
+	profile := fs.String("profile", "", "call the binding's named profile NAME ($CIVIC_MCP_URL_<NAME>)")
 	fs.StringVar(&o.tool, "tool", "whoami", "tool to call")
 	fs.Var(headerFlag{list: &o.headers}, "header", "extra request header NAME=VALUE (repeatable)")
 	fs.Var(headerFlag{list: &o.headers, isFile: true}, "header-file", "extra request header NAME=PATH, value read from the file (repeatable)")
@@ -141,6 +143,12 @@ func parseFlags(mode string, args []string) (options, error) {
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	if *profile != "" {
+		env := profileURLEnv(*profile)
+		if o.url = os.Getenv(env); o.url == "" {
+			return o, fmt.Errorf("no URL for profile %q: %s is not set (is it one of the binding's profiles?)", *profile, env)
+		}
+	}
 	if o.url == "" {
 		return o, errors.New("no MCP URL: set CIVIC_MCP_URL or pass --url")
 	}
@@ -155,6 +163,12 @@ func parseFlags(mode string, args []string) (options, error) {
 		return o, errors.New("--stream wants 0..50 steps and --stream-interval 0..2s (the hub's countdown bounds)")
 	}
 	return o, nil
+}
+
+// profileURLEnv is the variable the operator injects for a named profile: CIVIC_MCP_URL_ and the
+// name in upper case with '-' as '_'.
+func profileURLEnv(name string) string {
+	return "CIVIC_MCP_URL_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
 }
 
 // displayURL drops userinfo, query and fragment: any of them may carry a credential.

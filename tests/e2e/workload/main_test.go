@@ -63,3 +63,18 @@ func TestParseStreamFlags(t *testing.T) {
 		t.Errorf("--stream is a serve flag only")
 	}
 }
+
+func TestProfileFlagReadsTheInjectedURL(t *testing.T) {
+	t.Setenv("CIVIC_MCP_URL", "http://127.0.0.1:8931/hub/mcp")
+	t.Setenv("CIVIC_MCP_URL_BILLING_TOOLS", "http://127.0.0.1:8931/profiles/billing-tools/hub/mcp")
+	o, err := parseFlags("call", []string{"--profile", "billing-tools"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.url != "http://127.0.0.1:8931/profiles/billing-tools/hub/mcp" {
+		t.Errorf("url %q", o.url)
+	}
+	if _, err := parseFlags("call", []string{"--profile", "sales"}); err == nil || !strings.Contains(err.Error(), "CIVIC_MCP_URL_SALES") {
+		t.Errorf("unknown profile: %v", err)
+	}
+}
