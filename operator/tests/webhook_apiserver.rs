@@ -406,6 +406,47 @@ async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::
                 .all(|m| !m.name.starts_with("civic-"))
         );
     }
+    // The sidecar holds no Kubernetes API credential: the ServiceAccount plugin, run again
+    // after the webhook's patch, gave the pod's API token to the app only.
+    const API_TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let api_token_volume = |name: &str| {
+        spec.volumes.iter().flatten().any(|v| {
+            v.name == name
+                && v.projected.as_ref().is_some_and(|p| {
+                    p.sources.iter().flatten().any(|s| {
+                        s.service_account_token
+                            .as_ref()
+                            .is_some_and(|t| t.audience.is_none())
+                    })
+                })
+        })
+    };
+    let app_mounts = spec.containers[0].volume_mounts.clone().unwrap_or_default();
+    ensure!(
+        app_mounts
+            .iter()
+            .any(|m| m.mount_path == API_TOKEN_DIR && api_token_volume(&m.name)),
+        "the plugin ran: the app has the API token ({app_mounts:?})"
+    );
+    let sidecar_mounts = sidecar.volume_mounts.clone().unwrap_or_default();
+    ensure!(
+        sidecar_mounts.iter().all(|m| !api_token_volume(&m.name)),
+        "the sidecar mounts the pod's API token: {sidecar_mounts:?}"
+    );
+    let over_api_path: Vec<_> = sidecar_mounts
+        .iter()
+        .filter(|m| m.mount_path == API_TOKEN_DIR)
+        .collect();
+    ensure!(
+        over_api_path.len() == 1
+            && over_api_path[0].read_only == Some(true)
+            && spec
+                .volumes
+                .iter()
+                .flatten()
+                .any(|v| { v.name == over_api_path[0].name && v.empty_dir.is_some() }),
+        "an empty read-only volume covers the API-token path in the sidecar: {sidecar_mounts:?}"
+    );
 
     // 2. An unlabelled pod is untouched.
     let (status, _, _) =

@@ -47,7 +47,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 pub struct RequestRewrite {
     /// `Host` of the hub.
     pub authority: HeaderValue,
-    /// Profile header name (always removed from the workload's request).
+    /// Profile header name: the route's profile replaces the workload's; with no profile on
+    /// the route, the workload's own choice passes through.
     pub profile_header: HeaderName,
     /// Header mode: the header carrying the subject token (consumed, never forwarded).
     pub subject_header: Option<HeaderName>,
@@ -57,9 +58,11 @@ pub struct RequestRewrite {
 
 impl RequestRewrite {
     /// Turns the workload's headers into the hub's, except `Authorization` (see
-    /// [`set_bearer`](Self::set_bearer)), with `profile` (the request's route's) as the
-    /// profile header. `user_agents` remembers the last workload `User-Agent` and its
-    /// rewritten value.
+    /// [`set_bearer`](Self::set_bearer)), with `profile` (the request's route's) as the only
+    /// profile header. Without one the binding chose nothing, so the workload's profile header
+    /// passes through: an app written for Civic's own client keeps its choice (the hub then
+    /// decides, as it would for the app alone). `user_agents` remembers the last workload
+    /// `User-Agent` and its rewritten value.
     pub fn apply(
         &self,
         headers: &mut HeaderMap,
@@ -69,7 +72,6 @@ impl RequestRewrite {
         remove_hop_by_hop(headers);
         headers.remove(header::AUTHORIZATION);
         headers.remove(header::EXPECT);
-        headers.remove(&self.profile_header);
         if let Some(subject) = &self.subject_header {
             headers.remove(subject);
         }
@@ -259,6 +261,26 @@ mod tests {
         ] {
             assert_eq!(h[kept], value, "{kept}");
         }
+    }
+
+    #[test]
+    fn the_workload_chooses_the_profile_only_when_the_route_has_none() {
+        let r = rewrite();
+        let workload = [("x-civic-profile-id", "11111111-1111-1111-1111-111111111111")];
+        let mut h = map(&workload);
+        r.apply(&mut h, None, &mut None);
+        assert_eq!(
+            h.get_all("x-civic-profile-id").iter().collect::<Vec<_>>(),
+            ["11111111-1111-1111-1111-111111111111"],
+            "nothing bound: the workload's choice passes"
+        );
+        let mut h = map(&workload);
+        r.apply(&mut h, Some(&PROFILE), &mut None);
+        assert_eq!(
+            h.get_all("x-civic-profile-id").iter().collect::<Vec<_>>(),
+            [PROFILE],
+            "bound: replaced"
+        );
     }
 
     #[test]

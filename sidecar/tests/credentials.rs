@@ -194,6 +194,28 @@ async fn s09_optional_fields_exactly_when_configured() {
         .await
         .unwrap();
     assert_eq!(env.call(1).await.unwrap().status, 200);
+    assert!(
+        !env.hub
+            .last_request()
+            .unwrap()
+            .has_header("x-civic-profile-id")
+    );
+    // Nothing bound: the profile the app itself chooses reaches the hub (and with a profile
+    // bound it is replaced: s07 and profiles.rs).
+    let chosen = "11111111-2222-4333-8444-555555555555";
+    let req = env
+        .request(Method::POST)
+        .header("x-civic-profile-id", chosen)
+        .body(body(2))
+        .unwrap();
+    assert_eq!(env.send(req).await.unwrap().status, 200);
+    assert_eq!(
+        env.hub
+            .last_request()
+            .unwrap()
+            .header_values("x-civic-profile-id"),
+        [chosen]
+    );
     let r = &env.auth.requests()[0];
     assert_eq!(r.field("civic_profile"), None);
     assert!(

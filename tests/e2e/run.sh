@@ -374,6 +374,15 @@ app_secret_mounts=$(jq '
   | [.spec.containers[] | (.volumeMounts // [])[] | .name
      | select(. as $n | $secret_volumes | index($n))] | length' <<<"$pod_json")
 [ "$app_secret_mounts" = 0 ] || die "an app container mounts the client secret"
+# The ServiceAccount plugin's API token (a projected token with no audience): the apps have it,
+# the sidecar must not (an empty volume covers that path in it).
+api_token_mounts() {
+  jq --arg c "$1" '
+    [.spec.volumes[]? | select([.projected.sources[]? | .serviceAccountToken | select(. != null and .audience == null)] | length > 0) | .name] as $api
+    | [(.spec.initContainers // [])[], .spec.containers[] | select(.name == $c) | (.volumeMounts // [])[] | select(.name as $n | $api | index($n))] | length' <<<"$pod_json"
+}
+[ "$(api_token_mounts app)" = 1 ] || die "the app lacks the pod's API token: the ServiceAccount plugin did not run"
+[ "$(api_token_mounts civic-sidecar)" = 0 ] || die "the sidecar mounts the pod's Kubernetes API token"
 started() { # container name -> startedAt (running)
   jq -r --arg c "$1" '[(.status.initContainerStatuses // [])[], .status.containerStatuses[] | select(.name == $c)][0].state.running.startedAt // empty' <<<"$pod_json"
 }
@@ -390,7 +399,7 @@ restarts() {
     jq '[(.status.initContainerStatuses // [])[], .status.containerStatuses[] | .restartCount] | add'
 }
 [ "$(restarts)" = 0 ] || die "containers of $pod restarted"
-pass "pod $pod: native sidecar after the init container, sidecar started $t_sidecar, app $t_app; both apps' first MCP call succeeded with no retry; 0 restarts; restricted PSS admitted it"
+pass "pod $pod: native sidecar after the init container, sidecar started $t_sidecar, app $t_app; both apps' first MCP call succeeded with no retry; 0 restarts; restricted PSS admitted it; the apps have the pod's API token, the sidecar none"
 
 # ---------------------------------------------------------------------------------------------
 # check_mcp [POD]: one SDK session through the sidecar, from the app container of POD (default:

@@ -297,7 +297,11 @@ fn secrets_are_mounted_read_only_into_the_sidecar_only() {
         );
     }
     let mounts = sidecar_of(&out).volume_mounts.as_ref().unwrap();
-    assert_eq!(mounts.len(), 2);
+    assert_eq!(
+        mounts.len(),
+        3,
+        "client secret, subject token, empty API-token path"
+    );
     assert!(mounts.iter().all(|m| m.read_only == Some(true)));
 }
 
@@ -325,7 +329,7 @@ fn static_token_mode_mounts_the_token_and_no_client_secret() {
         .flatten()
         .map(|v| v.name.as_str())
         .collect();
-    assert_eq!(names, ["civic-access-token"]);
+    assert_eq!(names, ["civic-access-token", "civic-no-api-token"]);
     let s = sidecar_of(&out);
     assert_eq!(
         env_of(s, contract::ENV_ACCESS_TOKEN_FILE),
@@ -358,7 +362,7 @@ fn request_header_mode_needs_no_token_volume() {
         .flatten()
         .map(|v| v.name.as_str())
         .collect();
-    assert_eq!(names, ["civic-client-secret"]);
+    assert_eq!(names, ["civic-client-secret", "civic-no-api-token"]);
     assert_eq!(
         env_of(sidecar_of(&out), contract::ENV_SUBJECT_HEADER),
         Some("X-User-Token")
@@ -536,7 +540,8 @@ fn taken_volume_names_get_a_suffix() {
             "civic-client-secret",
             "civic-client-secret-1",
             "civic-client-secret-2",
-            "civic-subject-token"
+            "civic-subject-token",
+            "civic-no-api-token"
         ]
     );
     let mounts: Vec<_> = sidecar_of(&out)
@@ -545,7 +550,56 @@ fn taken_volume_names_get_a_suffix() {
         .flatten()
         .map(|m| m.name.as_str())
         .collect();
-    assert_eq!(mounts, ["civic-client-secret-2", "civic-subject-token"]);
+    assert_eq!(
+        mounts,
+        [
+            "civic-client-secret-2",
+            "civic-subject-token",
+            "civic-no-api-token"
+        ]
+    );
+}
+
+#[test]
+fn the_sidecar_gets_no_api_token_in_either_mode() {
+    use super::volumes::API_TOKEN_DIR;
+    let ci = integration("civic", vec![binding("support", "agent")]);
+    for mode in [SidecarMode::Native, SidecarMode::Legacy] {
+        let defaults = InjectDefaults {
+            mode,
+            ..InjectDefaults::default()
+        };
+        let out = inject(&pod("agent"), &ci, &ci.spec.bindings[0], &defaults).unwrap();
+        let spec = out.spec.as_ref().unwrap();
+        let over: Vec<_> = sidecar_of(&out)
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| m.mount_path == API_TOKEN_DIR)
+            .collect();
+        assert_eq!(over.len(), 1, "{mode:?}");
+        assert_eq!(over[0].read_only, Some(true));
+        let volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == over[0].name)
+            .unwrap();
+        assert!(volume.empty_dir.is_some(), "{volume:?}");
+        // App containers keep whatever the ServiceAccount plugin gives them.
+        for app in spec
+            .containers
+            .iter()
+            .filter(|c| c.name != SIDECAR_CONTAINER)
+        {
+            assert!(
+                app.volume_mounts
+                    .iter()
+                    .flatten()
+                    .all(|m| m.mount_path != API_TOKEN_DIR)
+            );
+        }
+    }
 }
 
 #[test]

@@ -1,11 +1,12 @@
-//! The sidecar's volumes: client secret, projected service-account token, static Civic token.
-//! Each is mounted read-only into the sidecar only; names start with `civic-` and get a numeric
-//! suffix when the pod already uses the name.
+//! The sidecar's volumes: client secret, projected service-account token, static Civic token,
+//! and an empty one over the API-token path. Each is mounted read-only into the sidecar only;
+//! names start with `civic-` and get a numeric suffix when the pod already uses the name.
 
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, KeyToPath, PodSpec, ProjectedVolumeSource, SecretVolumeSource,
-    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    ConfigMapVolumeSource, EmptyDirVolumeSource, KeyToPath, PodSpec, ProjectedVolumeSource,
+    SecretVolumeSource, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::InjectDefaults;
 use crate::crd::{CivicIntegration, ProfileBinding, SecretKeyRef, SubjectSource};
@@ -24,6 +25,9 @@ pub const TOKEN_FILE: &str = "token";
 pub const CA_DIR: &str = "/var/run/civic/ca";
 /// Key of the CA ConfigMap, and file name in [`CA_DIR`].
 pub const CA_FILE: &str = "ca.crt";
+/// Where the ServiceAccount admission plugin mounts the pod's Kubernetes API token into every
+/// container that has nothing mounted there yet.
+pub const API_TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// Readable by the sidecar's non-root user; no other container mounts these volumes.
 const FILE_MODE: i32 = 0o444;
@@ -108,6 +112,18 @@ pub fn add(
         mounts.volume_mounts.push(mount(name, CA_DIR));
         mounts.ca_file = Some(format!("{CA_DIR}/{CA_FILE}"));
     }
+    // The plugin runs again after this webhook's patch and would give the sidecar the pod's
+    // API token, a credential the apiserver accepts and the sidecar never uses. An empty
+    // read-only volume at that path makes it pass the sidecar over (app containers keep theirs).
+    let name = add_volume(spec, "civic-no-api-token", |name| Volume {
+        name,
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: None,
+            size_limit: Some(Quantity("1Ki".to_owned())),
+        }),
+        ..Volume::default()
+    });
+    mounts.volume_mounts.push(mount(name, API_TOKEN_DIR));
     mounts
 }
 
