@@ -75,8 +75,8 @@ pub struct CivicIntegrationSpec {
     pub token_url: String,
 
     /// Profile bindings: which pods get a sidecar and with which profile and identity. A pod
-    /// takes the first binding whose selector matches it (or the one its
-    /// `mcp.civic.com/binding` annotation names). Names are unique within the list; at most
+    /// takes the first binding whose selector matches it (or, among those that match, the one
+    /// its `mcp.civic.com/binding` annotation names). Names are unique within the list; at most
     /// 32 bindings (the bound keeps the CEL rules' cost within the apiserver's budget).
     #[serde(default)]
     #[schemars(length(max = 32))]
@@ -111,8 +111,8 @@ pub struct SecretKeyRef {
      "message": "profiles need an exchange: a Civic token from subject.civicTokenSecretRef cannot be locked to several profiles"}
 ]))]
 pub struct ProfileBinding {
-    /// Name of the binding, unique within the integration (an RFC 1123 label). Pods may pick it
-    /// with the annotation `mcp.civic.com/binding: <integration>/<binding>`.
+    /// Name of the binding, unique within the integration (an RFC 1123 label). Pods its selector
+    /// matches may pick it with the annotation `mcp.civic.com/binding: <integration>/<binding>`.
     #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
     pub name: String,
 

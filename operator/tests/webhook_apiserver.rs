@@ -524,7 +524,7 @@ async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::
         &admin,
         &pod(
             "agent-denied",
-            "agent",
+            "broken",
             true,
             json!({"mcp.civic.com/binding": "broken/support"}),
         ),
@@ -627,9 +627,20 @@ async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::
 
     // The webhook still injects after the rotation.
     let explicit = json!({"mcp.civic.com/binding": "civic/support"});
-    let (status, _, _) = create_pod(&admin, &pod("agent-2", "explicit", true, explicit)).await?;
+    let (status, _, _) =
+        create_pod(&admin, &pod("agent-2", "agent", true, explicit.clone())).await?;
     ensure!(status == 201, "HTTP {status}");
     ensure!(containers(&pods.get("agent-2").await?) == ["civic-sidecar", "app"]);
+    // Bindings are a boundary: the annotation cannot pick a binding that does not select the
+    // pod.
+    let (status, _, body) =
+        create_pod(&admin, &pod("elsewhere-1", "elsewhere", true, explicit)).await?;
+    let message = body["message"].as_str().unwrap_or_default();
+    ensure!(
+        status >= 400 && message.contains("civic/support does not select this pod"),
+        "HTTP {status}: {message}"
+    );
+    ensure!(pods.get_opt("elsewhere-1").await?.is_none());
 
     // Metrics of the replica the apiserver called: outcomes and the latency histogram.
     let outcome = |o: &str| format!("civic_operator_admissions_total{{outcome=\"{o}\"}}");

@@ -1,8 +1,9 @@
 //! Which binding a pod gets, and whether its integration may be used: pure, so the webhook (on a
 //! cached or a live list) and the CLI (on files) decide the same way.
 //!
-//! - The annotation `mcp.civic.com/binding: <integration>/<binding>` picks a binding explicitly
-//!   (its selector need not match).
+//! - The annotation `mcp.civic.com/binding: <integration>/<binding>` picks one of the bindings
+//!   whose selector matches the pod (to settle an ambiguity). It cannot pick one that does not:
+//!   bindings are a boundary, and whoever labels pods must not reach another binding's profile.
 //! - Otherwise each CivicIntegration of the pod's namespace, in name order, offers its first
 //!   binding whose selector matches. None: no match. More than one integration: ambiguous.
 //! - The chosen integration must pass validation; `Ready=False` for its current generation
@@ -53,6 +54,15 @@ pub enum SelectError {
          podSelectors"
     )]
     Ambiguous { candidates: String },
+    #[error(
+        "binding {integration}/{binding} does not select this pod (its podSelector does not \
+         match the pod's labels); the annotation {BINDING_ANNOTATION} only chooses among \
+         bindings that select the pod"
+    )]
+    NotSelected {
+        integration: String,
+        binding: String,
+    },
 }
 
 impl SelectError {
@@ -63,6 +73,7 @@ impl SelectError {
             SelectError::IntegrationNotFound { .. } => "integration_not_found",
             SelectError::BindingNotFound { .. } => "binding_not_found",
             SelectError::Ambiguous { .. } => "ambiguous",
+            SelectError::NotSelected { .. } => "binding_does_not_select_pod",
         }
     }
 }
@@ -106,6 +117,12 @@ pub fn select<'a>(
                 binding: want_binding.to_owned(),
                 available: binding_names(integration),
             })?;
+        if !selects(binding, labels) {
+            return Err(SelectError::NotSelected {
+                integration: want_integration.to_owned(),
+                binding: want_binding.to_owned(),
+            });
+        }
         return Ok(Some(Selected {
             integration,
             binding,
@@ -145,9 +162,16 @@ fn first_match<'a>(
     integration: &'a CivicIntegration,
     labels: &BTreeMap<String, String>,
 ) -> Option<&'a ProfileBinding> {
-    integration.spec.bindings.iter().find(|b| {
-        validation::selector(&b.pod_selector).is_some_and(|selector| selector.matches(labels))
-    })
+    integration
+        .spec
+        .bindings
+        .iter()
+        .find(|b| selects(b, labels))
+}
+
+/// Whether the binding's (valid) selector matches these labels; an invalid one matches nothing.
+fn selects(binding: &ProfileBinding, labels: &BTreeMap<String, String>) -> bool {
+    validation::selector(&binding.pod_selector).is_some_and(|selector| selector.matches(labels))
 }
 
 fn binding_names(integration: &CivicIntegration) -> String {

@@ -796,16 +796,25 @@ fn several_integrations_matching_is_ambiguous() {
         }
     );
     assert!(err.to_string().contains("mcp.civic.com/binding"), "{err}");
-    // The annotation settles it, even for a binding whose selector does not match.
+    // The annotation settles it among the bindings that select the pod, and no further:
+    // it cannot reach a binding whose selector does not match.
     let ann = BTreeMap::from([(BINDING_ANNOTATION.to_string(), "b/two".to_string())]);
     let s = select(&labels("agent"), &ann, Some("team"), &list)
         .unwrap()
         .unwrap();
     assert_eq!(s.binding.name, "two");
-    let s = select(&labels("zzz"), &ann, Some("team"), &list)
-        .unwrap()
-        .unwrap();
-    assert_eq!(s.binding.name, "two");
+    let err = select(&labels("zzz"), &ann, Some("team"), &list).unwrap_err();
+    assert_eq!(
+        err,
+        SelectError::NotSelected {
+            integration: "b".into(),
+            binding: "two".into()
+        }
+    );
+    assert!(
+        err.to_string().contains("does not select this pod"),
+        "{err}"
+    );
 }
 
 #[test]
