@@ -212,7 +212,7 @@ fuzz_target!(|data: &[u8]| {
         let (mut workload, server) = tokio::io::duplex(64 * 1024);
         let serve = tokio::spawn(async move {
             let _ = proxy
-                .serve_connection(TokioIo::new(server), std::future::pending())
+                .serve_connection(server, std::future::pending())
                 .await;
         });
         let (mut read, mut write) = tokio::io::split(&mut workload);

@@ -53,6 +53,7 @@ pub mod contract;
 pub mod error;
 pub mod exchange;
 pub mod guard;
+pub mod halfclose;
 pub mod headers;
 pub mod jwt;
 pub mod metrics;

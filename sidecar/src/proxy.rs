@@ -20,6 +20,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
 use tokio::sync::Mutex;
 
 use crate::body::{BodyError, RequestBody, ResponseBody, StreamGuard};
@@ -27,6 +28,7 @@ use crate::config::{Config, SubjectMode};
 use crate::error::ProxyError;
 use crate::exchange::Exchange;
 use crate::guard::{OriginPolicy, is_loopback_authority};
+use crate::halfclose::{EofGate, HalfCloseAware, Owed};
 use crate::headers::{RequestRewrite, rewrite_response, strip_profile_params};
 use crate::metrics::Metrics;
 use crate::profiles::{RouteId, Unrouted};
@@ -100,21 +102,28 @@ impl<E: Exchange> Proxy<E> {
     /// Serves one workload connection (HTTP/1.1 over `io`) until it closes: every request through
     /// the proxy, and the connection's own hub connection polled in the same task — the only
     /// place it makes progress, which is why this is the one way in. Once `stop` completes, the
-    /// request in flight (and its stream) finishes, then the connection closes.
+    /// request in flight (and its stream) finishes, then the connection closes. A workload that
+    /// half-closes after its request still gets the answer ([`crate::halfclose`]).
     pub async fn serve_connection<I>(
         self: Arc<Self>,
         io: I,
         stop: impl Future<Output = ()>,
     ) -> hyper::Result<()>
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin,
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let connection = Arc::new(Connection::default());
+        let gate = Arc::new(EofGate::default());
+        let io = TokioIo::new(HalfCloseAware::new(io, gate.clone()));
         let shared = connection.clone();
         let service = service_fn(move |request| {
             let proxy = self.clone();
             let connection = shared.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(&connection, request).await) }
+            let owed = gate.hold();
+            async move {
+                let response = proxy.handle(&connection, request).await;
+                Ok::<_, Infallible>(Owed::new(response, owed))
+            }
         });
         let conn = http1::Builder::new().serve_connection(io, service);
         tokio::pin!(conn);

@@ -202,9 +202,7 @@ async fn serve_proxy(
     _open: mpsc::Sender<()>,
 ) {
     let _ = stream.set_nodelay(true);
-    let result = proxy
-        .serve_connection(TokioIo::new(stream), stopped(&mut stop))
-        .await;
+    let result = proxy.serve_connection(stream, stopped(&mut stop)).await;
     if let Err(e) = result {
         tracing::debug!(error = %e, "workload connection ended with an error");
     }

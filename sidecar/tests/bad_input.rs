@@ -877,3 +877,66 @@ async fn non_loopback_peer_on_the_loopback_listener_is_refused() {
     assert_eq!(env.call(1).await.unwrap().status, 200);
     env.finish();
 }
+
+/// Found on a real pod: a client that sends its request and then shuts down its write side (as
+/// busybox `nc` and some HTTP/1.0 clients do) got no answer at all. It must get the hub's answer,
+/// on HTTP/1.1 and HTTP/1.0, with and without a body, and the sidecar counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_closed_requests_are_answered() {
+    let env = Setup::new("half_closed_requests_are_answered")
+        .start()
+        .await
+        .unwrap();
+    let host = env.addr().to_string();
+    // The fake hub answers a GET (standalone SSE stream) with 405: relayed as it is.
+    let requests = [
+        ("HTTP/1.1 POST", post("/hub/mcp", &host), 200),
+        (
+            "HTTP/1.0 POST",
+            post("/hub/mcp", &host).replace("HTTP/1.1", "HTTP/1.0"),
+            200,
+        ),
+        (
+            "HTTP/1.1 keep-alive POST",
+            post("/hub/mcp", &host).replace("Connection: close\r\n", ""),
+            200,
+        ),
+        (
+            "HTTP/1.0 GET",
+            format!("GET /hub/mcp HTTP/1.0\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n"),
+            405,
+        ),
+    ];
+    for (what, request, status) in &requests {
+        let before = env.hub.request_count();
+        let mut s = TcpStream::connect(env.addr()).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no answer and no close in 10 s"))
+            .unwrap();
+        let text = String::from_utf8_lossy(&out);
+        let status_line = text.lines().next().unwrap_or_default();
+        assert!(
+            status_line.starts_with("HTTP/1.") && status_line[9..].starts_with(&status.to_string()),
+            "{what}: the half-closed request got {text:?}"
+        );
+        assert_eq!(
+            env.hub.request_count(),
+            before + 1,
+            "{what}: reached the hub once"
+        );
+    }
+    let metrics = env.sidecar.metrics().await.unwrap();
+    for (code, n) in [(200, 3), (405, 1)] {
+        assert!(
+            metrics.contains(&format!(
+                "civic_sidecar_requests_total{{code=\"{code}\",profile=\"default\"}} {n}"
+            )),
+            "{metrics}"
+        );
+    }
+    env.finish();
+}
