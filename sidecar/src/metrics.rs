@@ -14,6 +14,7 @@
 //! | `civic_sidecar_token_refreshes_total` | counter | | Background refreshes started ahead of expiry |
 //! | `civic_sidecar_cached_tokens` | gauge | | Tokens held in the cache |
 //! | `civic_sidecar_open_streams` | gauge | | Hub responses currently streaming to workloads |
+//! | `civic_sidecar_requests_abandoned_total` | counter | | Requests whose workload went away before their answer was ready |
 //! | `civic_sidecar_token_expiry_seconds` | gauge | | Seconds until the current token is unusable (soonest in header mode; NaN when unknown) |
 //! | `civic_sidecar_build_info` | gauge | `version` | Always 1 |
 
@@ -46,6 +47,8 @@ pub struct Metrics {
     pub cached_tokens: IntGauge,
     /// `civic_sidecar_open_streams`.
     pub open_streams: IntGauge,
+    /// `civic_sidecar_requests_abandoned_total`.
+    pub abandoned: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -132,6 +135,11 @@ impl Metrics {
             "Hub responses currently streaming to workloads.",
         )
         .expect("valid metric");
+        let abandoned = IntCounter::new(
+            "civic_sidecar_requests_abandoned_total",
+            "Requests whose workload went away before their answer was ready.",
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("civic_sidecar_build_info", "Build information; always 1."),
             &["version"],
@@ -152,6 +160,7 @@ impl Metrics {
             Box::new(refreshes.clone()),
             Box::new(cached_tokens.clone()),
             Box::new(open_streams.clone()),
+            Box::new(abandoned.clone()),
             Box::new(build_info),
         ] {
             registry.register(collector).expect("unique metric names");
@@ -168,6 +177,7 @@ impl Metrics {
             refreshes,
             cached_tokens,
             open_streams,
+            abandoned,
         }
     }
 
@@ -222,6 +232,7 @@ mod tests {
             "civic_sidecar_token_cache_misses_total 0",
             "civic_sidecar_token_refreshes_total 0",
             "civic_sidecar_open_streams 0",
+            "civic_sidecar_requests_abandoned_total 0",
             "civic_sidecar_cached_tokens 0",
             "civic_sidecar_token_expiry_seconds 42",
             "civic_sidecar_build_info{version=",

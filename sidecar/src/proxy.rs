@@ -136,7 +136,8 @@ impl<E: Exchange> Proxy<E> {
         }
     }
 
-    /// Answers one workload request.
+    /// Answers one workload request. Every request read ends in an answer counted in
+    /// `requests_total`, or, when the workload goes away first, in `requests_abandoned_total`.
     async fn handle(
         &self,
         connection: &Connection,
@@ -144,6 +145,12 @@ impl<E: Exchange> Proxy<E> {
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let method = request.method().clone();
+        let abandoned = Abandoned {
+            metrics: &self.metrics,
+            method: method.clone(),
+            started,
+            answered: false,
+        };
         let route = self.tokens.routes().resolve(request.uri().path());
         let profile = match &route {
             Ok(id) => self.tokens.routes().get(*id).name.as_str(),
@@ -161,6 +168,7 @@ impl<E: Exchange> Proxy<E> {
                 error.into_response()
             }
         };
+        abandoned.answered();
         self.metrics.observe_request(response.status(), profile);
         tracing::debug!(
             %method,
@@ -413,6 +421,34 @@ impl<E: Exchange> Proxy<E> {
         }
         let whole = first.unwrap_or_else(|| buffer.freeze());
         Ok((RequestBody::full(whole), None))
+    }
+}
+
+/// Counts and logs a request dropped before its answer (hyper drops the handler when the
+/// workload's connection goes away).
+struct Abandoned<'a> {
+    metrics: &'a Metrics,
+    method: Method,
+    started: Instant,
+    answered: bool,
+}
+
+impl Abandoned<'_> {
+    fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.metrics.abandoned.inc();
+            tracing::info!(
+                method = %self.method,
+                after_ms = self.started.elapsed().as_millis() as u64,
+                "workload went away before its answer was ready"
+            );
+        }
     }
 }
 

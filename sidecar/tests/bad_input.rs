@@ -940,3 +940,51 @@ async fn half_closed_requests_are_answered() {
     }
     env.finish();
 }
+
+/// A workload that goes away (connection reset) while its request waits for the hub leaves a
+/// trace: counted in `civic_sidecar_requests_abandoned_total` and logged, never silently lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_requests_are_counted_and_logged() {
+    let env = Setup::new("abandoned_requests_are_counted_and_logged")
+        .start()
+        .await
+        .unwrap();
+    env.hub.push(
+        civic_testkit::hub::HubReply::json(
+            &serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": {}}),
+        )
+        .delay(Duration::from_secs(2)),
+    );
+    let mut s = TcpStream::connect(env.addr()).await.unwrap();
+    s.write_all(post("/hub/mcp", &env.addr().to_string()).as_bytes())
+        .await
+        .unwrap();
+    assert!(
+        env.hub.wait_requests(1, Duration::from_secs(5)).await,
+        "the request reached the hub"
+    );
+    // Linger 0: the close is a reset, as when the workload's process dies.
+    s.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(s);
+    let mut counted = false;
+    for _ in 0..50 {
+        let metrics = env.sidecar.metrics().await.unwrap();
+        if metrics.contains("civic_sidecar_requests_abandoned_total 1") {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(counted, "the abandoned request was not counted");
+    assert!(
+        env.sidecar
+            .wait_for_line(
+                "workload went away before its answer was ready",
+                Duration::from_secs(5)
+            )
+            .await
+            .is_some(),
+        "not logged"
+    );
+    env.finish();
+}
