@@ -964,7 +964,7 @@ async fn abandoned_requests_are_counted_and_logged() {
         "the request reached the hub"
     );
     // Linger 0: the close is a reset, as when the workload's process dies.
-    s.set_linger(Some(Duration::ZERO)).unwrap();
+    s.set_zero_linger().unwrap();
     drop(s);
     let mut counted = false;
     for _ in 0..50 {
