@@ -11,6 +11,10 @@ if [ "${CIVIC_SKIP_SETUP:-0}" != 1 ]; then
   step setup; bash scripts/setup.sh
 fi
 
+# Whatever the tiers start must be gone at the end (tests/leftovers.sh, checked last).
+leftovers_state=$(mktemp)
+bash tests/leftovers.sh snapshot "$leftovers_state"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -64,4 +68,7 @@ CIVIC_SCAN_REQUIRE="$scan_families" bash tests/scan_logs.sh target/civic-test-lo
 for s in scripts/*.sh scripts/kube/*.sh tests/*.sh tests/peers/*.sh tests/isolation/*.sh tests/e2e/*.sh tests/images/*.sh; do
   [ -f "$s" ] && bash -n "$s"
 done
+step "nothing the tests started outlives them"
+bash tests/leftovers.sh check "$leftovers_state"
+rm -f "$leftovers_state"
 step "all passed"
