@@ -26,6 +26,7 @@ pub mod command;
 mod patch;
 pub mod select;
 mod sidecar;
+mod verify;
 mod volumes;
 pub mod workload;
 
@@ -148,6 +149,22 @@ pub enum InjectError {
          container"
     )]
     ReservedName,
+    #[error(
+        "the pod already carries injection markers (annotation {INJECTED_ANNOTATION} and a \
+         {SIDECAR_CONTAINER:?} container) that are not what binding {binding} injects \
+         ({differs}); remove them and let the webhook inject the pod, or render it again with \
+         `civic-operator inject`"
+    )]
+    PresetMarkers {
+        binding: String,
+        differs: &'static str,
+    },
+    #[error(
+        "the pod already carries injection markers (annotation {INJECTED_ANNOTATION} and a \
+         {SIDECAR_CONTAINER:?} container), but no binding of its namespace selects it, so they \
+         are not this operator's; remove them"
+    )]
+    MarkersWithoutBinding,
     #[error("the pod has no spec")]
     MissingSpec,
     #[error("the CivicIntegration has no metadata.name")]
@@ -161,6 +178,9 @@ impl InjectError {
             InjectError::HostNetwork => "host_network",
             InjectError::PortConflict { .. } => "port_conflict",
             InjectError::ReservedName => "reserved_name",
+            InjectError::PresetMarkers { .. } | InjectError::MarkersWithoutBinding => {
+                "preset_markers"
+            }
             InjectError::MissingSpec => "missing_spec",
             InjectError::UnnamedIntegration => "unnamed_integration",
         }
@@ -195,6 +215,9 @@ pub fn inject(
         if !annotated {
             return Err(InjectError::ReservedName);
         }
+        // A webhook reinvocation, or a pod rendered by `civic-operator inject`: accepted only
+        // when the markers are exactly what this binding injects, so they cannot be preset.
+        verify::injected_by(pod, integration, binding, defaults)?;
         return Ok(complete_injected(pod, defaults));
     }
     if spec.host_network == Some(true) {
@@ -233,7 +256,7 @@ pub fn inject(
 
 /// An already injected pod with `CIVIC_MCP_URL` added to app containers that lack it
 /// (containers another webhook added after ours, on reinvocation). Nothing else changes.
-pub fn complete_injected(pod: &Pod, defaults: &InjectDefaults) -> Pod {
+fn complete_injected(pod: &Pod, defaults: &InjectDefaults) -> Pod {
     let mut out = pod.clone();
     if let Some(spec) = out.spec.as_mut() {
         add_workload_url(spec, defaults.proxy_port);

@@ -661,6 +661,107 @@ fn reinvocation_adds_the_url_to_containers_added_since() {
 }
 
 #[test]
+fn preset_markers_are_refused_and_real_ones_accepted() {
+    let ci = integration(
+        "civic",
+        vec![binding("support", "agent"), binding("other", "x")],
+    );
+    let defaults = InjectDefaults::default();
+    let once = inject(&pod("agent"), &ci, &ci.spec.bindings[0], &defaults).unwrap();
+    assert_eq!(
+        inject(&once, &ci, &ci.spec.bindings[0], &defaults).unwrap(),
+        once,
+        "our own markers pass"
+    );
+    let edit = |f: &dyn Fn(&mut Pod)| {
+        let mut p = once.clone();
+        f(&mut p);
+        inject(&p, &ci, &ci.spec.bindings[0], &defaults).unwrap_err()
+    };
+    let with_sidecar = |f: &dyn Fn(&mut Container)| {
+        edit(&|p: &mut Pod| {
+            let c = p
+                .spec
+                .as_mut()
+                .unwrap()
+                .init_containers
+                .iter_mut()
+                .flatten()
+                .find(|c| c.name == SIDECAR_CONTAINER)
+                .unwrap();
+            f(c);
+        })
+    };
+    for (err, part) in [
+        (
+            with_sidecar(&|c| c.image = Some("example.com/evil:1".into())),
+            "image, command or args",
+        ),
+        (
+            with_sidecar(&|c| c.args = Some(vec!["--hub-url=https://evil.example".into()])),
+            "image, command or args",
+        ),
+        (
+            with_sidecar(&|c| {
+                c.env.as_mut().unwrap().push(EnvVar {
+                    name: "CIVIC_TOKEN_URL".into(),
+                    value: Some("https://evil.example/token".into()),
+                    value_from: None,
+                })
+            }),
+            "CIVIC_* environment",
+        ),
+        (
+            with_sidecar(&|c| c.security_context = None),
+            "securityContext",
+        ),
+        (
+            edit(&|p: &mut Pod| {
+                let v = p.spec.as_mut().unwrap().volumes.as_mut().unwrap();
+                let secret = v
+                    .iter_mut()
+                    .find(|v| v.name == "civic-client-secret")
+                    .unwrap();
+                secret.secret.as_mut().unwrap().secret_name = Some("someone-elses".into());
+            }),
+            "its volumes",
+        ),
+        (
+            edit(&|p: &mut Pod| {
+                p.metadata
+                    .annotations
+                    .as_mut()
+                    .unwrap()
+                    .insert(INJECTED_ANNOTATION.into(), "civic/other".into());
+            }),
+            "another binding",
+        ),
+    ] {
+        assert!(
+            matches!(err, InjectError::PresetMarkers { .. }) && err.to_string().contains(part),
+            "{part}: {err}"
+        );
+    }
+    // What other webhooks add to every container (env, mounts) does not count.
+    let mut decorated = once.clone();
+    for c in decorated
+        .spec
+        .as_mut()
+        .unwrap()
+        .init_containers
+        .iter_mut()
+        .flatten()
+    {
+        c.env.get_or_insert_default().push(EnvVar {
+            name: "DD_AGENT_HOST".into(),
+            value: Some("10.0.0.1".into()),
+            value_from: None,
+        });
+    }
+    assert!(inject(&decorated, &ci, &ci.spec.bindings[0], &defaults).is_ok());
+}
+
+#[test]
 fn a_foreign_container_named_like_the_sidecar_is_refused() {
     let ci = integration("civic", vec![binding("support", "agent")]);
     let mut p = pod("agent");

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::select::{self, SelectError, UnusableError};
-use super::{InjectDefaults, InjectError, complete_injected, inject, is_injected, patch};
+use super::{InjectDefaults, InjectError, inject, is_injected, patch};
 use crate::crd::CivicIntegration;
 
 /// Where a kind keeps its pod template (a JSON pointer), `""` for a Pod itself.
@@ -219,17 +219,21 @@ fn inject_template(
     if pod.metadata.namespace.is_none() {
         pod.metadata.namespace = namespace;
     }
-    if is_injected(&pod) {
-        // As on a webhook reinvocation: only missing CIVIC_MCP_URLs are added.
-        apply(template, &pod, &complete_injected(&pod, defaults))?;
-        return Ok(Outcome::AlreadyInjected);
-    }
+    let already = is_injected(&pod);
     let Some(selected) = select_for(&pod, integrations)? else {
+        if already {
+            return Err(InjectError::MarkersWithoutBinding.into());
+        }
         return Ok(Outcome::NoMatch);
     };
     select::usable(selected.integration, false)?;
+    // As on a webhook reinvocation, an injected template is verified, and only missing
+    // CIVIC_MCP_URLs are added.
     let injected = inject(&pod, selected.integration, selected.binding, defaults)?;
     apply(template, &pod, &injected)?;
+    if already {
+        return Ok(Outcome::AlreadyInjected);
+    }
     Ok(Outcome::Injected(format!(
         "{}/{}",
         selected

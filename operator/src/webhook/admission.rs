@@ -139,10 +139,8 @@ impl<S: IntegrationSource> Admission<S> {
         {
             return (response, Outcome::Skipped);
         }
-        if inject::is_injected(pod) {
-            let done = inject::complete_injected(pod, &self.defaults);
-            return with_patch(response, pod, &done, Outcome::AlreadyInjected);
-        }
+        // An already injected pod (a reinvocation) takes the same path: injection verifies
+        // its markers instead of trusting them.
         // At admission a pod may not carry its namespace yet; the request always does.
         let namespace = request
             .namespace
@@ -214,7 +212,12 @@ impl<S: IntegrationSource> Admission<S> {
                 if let Usable::Unverified { warning } = usable {
                     response.warnings = Some(vec![warning]);
                 }
-                with_patch(response, pod, &injected, Outcome::Injected)
+                let outcome = if inject::is_injected(pod) {
+                    Outcome::AlreadyInjected
+                } else {
+                    Outcome::Injected
+                };
+                with_patch(response, pod, &injected, outcome)
             }
             Err(e) => deny(response, e.to_string()),
         }
@@ -227,6 +230,12 @@ impl<S: IntegrationSource> Admission<S> {
         pod: &Pod,
         namespace: &str,
     ) -> (AdmissionResponse, Outcome) {
+        if inject::is_injected(pod) {
+            return deny(
+                response,
+                inject::InjectError::MarkersWithoutBinding.to_string(),
+            );
+        }
         let note = format!(
             "no CivicIntegration binding in namespace {namespace} selects this pod; it was \
              admitted without the Civic MCP sidecar"

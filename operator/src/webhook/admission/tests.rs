@@ -337,6 +337,43 @@ async fn an_injected_pod_is_not_injected_again() {
 }
 
 #[tokio::test]
+async fn preset_injection_markers_are_denied() {
+    let (a, _) = admission(Fake {
+        cached: Some(vec![integration("civic", "web", Some("True"))]),
+        ..Fake::default()
+    });
+    let raw = pod("web", true);
+    let once = patched(&a.review(&review(&raw), None).await, &raw);
+    // The pod's author edits the sidecar the markers vouch for: denied, not skipped.
+    let mut forged = once.clone();
+    let sidecar = forged["spec"]["initContainers"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|c| c["name"] == "civic-sidecar")
+        .unwrap();
+    sidecar["image"] = json!("example.com/not-civic:1");
+    let reply = a.review(&review(&forged), None).await;
+    assert_eq!(reply.outcome, Outcome::Denied);
+    let message = response(&reply)["status"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("image, command or args"), "{message}");
+    // Markers on a pod that no binding selects cannot be ours either.
+    let mut elsewhere = once.clone();
+    elsewhere["metadata"]["labels"]["app"] = json!("other");
+    let reply = a.review(&review(&elsewhere), None).await;
+    assert_eq!(reply.outcome, Outcome::Denied);
+    assert!(
+        response(&reply)["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no binding of its namespace selects it")
+    );
+}
+
+#[tokio::test]
 async fn host_network_pods_are_denied() {
     let (a, _) = admission(Fake {
         cached: Some(vec![integration("civic", "web", Some("True"))]),
