@@ -6,7 +6,6 @@ use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, EmptyDirVolumeSource, KeyToPath, PodSpec, ProjectedVolumeSource,
     SecretVolumeSource, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::InjectDefaults;
 use crate::crd::{CivicIntegration, ProfileBinding, SecretKeyRef, SubjectSource};
@@ -117,10 +116,10 @@ pub fn add(
     // read-only volume at that path makes it pass the sidecar over (app containers keep theirs).
     let name = add_volume(spec, "civic-no-api-token", |name| Volume {
         name,
-        empty_dir: Some(EmptyDirVolumeSource {
-            medium: None,
-            size_limit: Some(Quantity("1Ki".to_owned())),
-        }),
+        // No sizeLimit: the kubelet counts an empty directory's own block (4 KiB) as usage
+        // and evicted the pod at a 1 KiB limit (seen on the node tier); the mount is
+        // read-only, so nothing is ever written.
+        empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Volume::default()
     });
     mounts.volume_mounts.push(mount(name, API_TOKEN_DIR));
