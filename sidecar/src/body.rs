@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use crate::halfclose::EofGate;
 use crate::metrics::Metrics;
 
 /// Errors while relaying a body.
@@ -22,6 +23,9 @@ pub enum BodyError {
     /// Reading from the other side failed.
     #[error(transparent)]
     Transport(#[from] hyper::Error),
+    /// The workload's input ended before the body did.
+    #[error("{}", crate::proxy::TRUNCATED)]
+    Truncated,
 }
 
 pin_project! {
@@ -40,6 +44,7 @@ pin_project! {
             seen: u64,
             limit: u64,
             exceeded: Arc<AtomicBool>,
+            gate: Arc<EofGate>,
         },
     }
 }
@@ -54,14 +59,22 @@ impl RequestBody {
 
     /// `prefix` (already read) then the rest of `rest`; fails once more than `limit` bytes
     /// passed, and sets `exceeded` (the HTTP client may report the failure as a plain write
-    /// error, so the proxy checks the flag to answer 413).
-    pub fn streaming(prefix: Bytes, rest: Incoming, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
+    /// error, so the proxy checks the flag to answer 413). Fails too when the workload's input
+    /// ends first (`gate`).
+    pub fn streaming(
+        prefix: Bytes,
+        rest: Incoming,
+        limit: u64,
+        exceeded: Arc<AtomicBool>,
+        gate: Arc<EofGate>,
+    ) -> Self {
         RequestBody::Streaming {
             seen: prefix.len() as u64,
             prefix: (!prefix.is_empty()).then_some(prefix),
             rest,
             limit,
             exceeded,
+            gate,
         }
     }
 }
@@ -82,6 +95,7 @@ impl Body for RequestBody {
                 seen,
                 limit,
                 exceeded,
+                gate,
             } => {
                 if let Some(p) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(p))));
@@ -99,6 +113,9 @@ impl Body for RequestBody {
                     }
                     Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
                     Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Pending if gate.poll_truncated(cx) => {
+                        Poll::Ready(Some(Err(BodyError::Truncated)))
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }

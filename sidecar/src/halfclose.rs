@@ -6,13 +6,16 @@
 //! socket is impossible, so [`HalfCloseAware`] holds the end of input back while a response is
 //! owed: until the hub's answer has fully gone out, or, for an event stream, until its head has
 //! (from then on a disconnect must end the stream at once, docs/protocol.md statement 26).
+//! An end of input held back while the request body is still being read means the body was
+//! cut short: the body reader learns it from [`EofGate::poll_truncated`] and fails, so a
+//! truncated request never waits for bytes that cannot come.
 //! The cost: a workload that fully disconnects while its non-streaming answer is pending is
 //! noticed when that answer is written, not before.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -27,6 +30,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct EofGate {
     owed: AtomicUsize,
     reader: AtomicWaker,
+    /// An end of input was held back: the workload sends nothing more.
+    ended: AtomicBool,
+    body: AtomicWaker,
 }
 
 impl EofGate {
@@ -38,6 +44,16 @@ impl EofGate {
 
     fn is_owed(&self) -> bool {
         self.owed.load(Ordering::Acquire) > 0
+    }
+
+    /// For a request body reader that found no data: `true` once the workload's input has
+    /// ended (so the body is cut short); otherwise the reader is woken when it does.
+    pub fn poll_truncated(&self, cx: &mut Context<'_>) -> bool {
+        if self.ended.load(Ordering::Acquire) {
+            return true;
+        }
+        self.body.register(cx.waker());
+        self.ended.load(Ordering::Acquire)
     }
 }
 
@@ -81,6 +97,8 @@ impl<T: AsyncRead> AsyncRead for HalfCloseAware<T> {
         ready!(this.inner.poll_read(cx, buf))?;
         let end_of_input = buf.filled().len() == before && buf.remaining() > 0;
         if end_of_input && this.gate.is_owed() {
+            this.gate.ended.store(true, Ordering::Release);
+            this.gate.body.wake();
             this.gate.reader.register(cx.waker());
             // Checked again after registering: the last hold may have gone in between. The
             // socket reports the end again when read once more.

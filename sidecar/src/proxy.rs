@@ -60,12 +60,14 @@ impl<E> std::fmt::Debug for Proxy<E> {
     }
 }
 
-/// State of one workload connection: its hub connection and the last `User-Agent` rewrite.
+/// State of one workload connection: its hub connection, the last `User-Agent` rewrite, and
+/// the answers owed to a workload that may half-close ([`crate::halfclose`]).
 #[derive(Debug, Default)]
 struct Connection {
     slot: Mutex<UpstreamSlot>,
     hub: HubDriver,
     user_agents: std::sync::Mutex<Option<(HeaderValue, HeaderValue)>>,
+    gate: Arc<EofGate>,
 }
 
 impl<E: Exchange> Proxy<E> {
@@ -113,13 +115,12 @@ impl<E: Exchange> Proxy<E> {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let connection = Arc::new(Connection::default());
-        let gate = Arc::new(EofGate::default());
-        let io = TokioIo::new(HalfCloseAware::new(io, gate.clone()));
+        let io = TokioIo::new(HalfCloseAware::new(io, connection.gate.clone()));
         let shared = connection.clone();
         let service = service_fn(move |request| {
             let proxy = self.clone();
             let connection = shared.clone();
-            let owed = gate.hold();
+            let owed = connection.gate.hold();
             async move {
                 let response = proxy.handle(&connection, request).await;
                 Ok::<_, Infallible>(Owed::new(response, owed))
@@ -202,7 +203,7 @@ impl<E: Exchange> Proxy<E> {
                 return Err(e.into());
             }
         };
-        let (body, exceeded) = self.read_body(body).await?;
+        let (body, exceeded) = self.read_body(body, &connection.gate).await?;
 
         parts.uri = self.upstream_uri(&parts.uri, profile.is_some() && self.profile_lock)?;
         parts.version = Version::HTTP_11;
@@ -382,13 +383,14 @@ impl<E: Exchange> Proxy<E> {
     async fn read_body(
         &self,
         mut body: Incoming,
+        gate: &Arc<EofGate>,
     ) -> Result<(RequestBody, Option<Arc<AtomicBool>>), ProxyError> {
         let limit = self.max_body_bytes;
         let replay_cap = (REPLAY_LIMIT as u64).min(limit) as usize;
         let mut first: Option<Bytes> = None;
         let mut buffer = BytesMut::new();
         while !body.is_end_stream() {
-            let data = match body.frame().await {
+            let data = match next_frame(&mut body, gate).await? {
                 None => break,
                 Some(Err(e)) => return Err(ProxyError::RequestBody(e.to_string())),
                 Some(Ok(frame)) => match frame.into_data() {
@@ -415,7 +417,8 @@ impl<E: Exchange> Proxy<E> {
             if read > replay_cap && !body.is_end_stream() {
                 let prefix = first.take().unwrap_or_else(|| buffer.split().freeze());
                 let exceeded = Arc::new(AtomicBool::new(false));
-                let streaming = RequestBody::streaming(prefix, body, limit, exceeded.clone());
+                let streaming =
+                    RequestBody::streaming(prefix, body, limit, exceeded.clone(), gate.clone());
                 return Ok((streaming, Some(exceeded)));
             }
         }
@@ -451,6 +454,25 @@ impl Drop for Abandoned<'_> {
         }
     }
 }
+
+/// The next frame of a request body; an error once the workload's input ended before it.
+async fn next_frame(
+    body: &mut Incoming,
+    gate: &EofGate,
+) -> Result<Option<Result<http_body::Frame<Bytes>, hyper::Error>>, ProxyError> {
+    let mut body = std::pin::Pin::new(body);
+    std::future::poll_fn(|cx| match body.as_mut().poll_frame(cx) {
+        std::task::Poll::Pending if gate.poll_truncated(cx) => {
+            std::task::Poll::Ready(Err(ProxyError::RequestBody(TRUNCATED.into())))
+        }
+        std::task::Poll::Pending => std::task::Poll::Pending,
+        std::task::Poll::Ready(frame) => std::task::Poll::Ready(Ok(frame)),
+    })
+    .await
+}
+
+/// Why a body the workload stopped sending before its end is refused.
+pub const TRUNCATED: &str = "the workload's input ended before the request body did";
 
 /// What a replay needs: the rewritten request without `Authorization`, and its body.
 struct Replay {
@@ -502,6 +524,7 @@ impl From<BodyError> for ProxyError {
         match e {
             BodyError::TooLarge(limit) => ProxyError::BodyTooLarge(limit),
             BodyError::Transport(e) => ProxyError::RequestBody(e.to_string()),
+            BodyError::Truncated => ProxyError::RequestBody(TRUNCATED.into()),
         }
     }
 }

@@ -929,6 +929,44 @@ async fn half_closed_requests_are_answered() {
             "{what}: reached the hub once"
         );
     }
+    // A truncated body then end of input is a broken request, not a half-close: the
+    // connection ends at once (never waits for bytes that cannot come) and nothing reaches
+    // the hub.
+    let before = env.hub.request_count();
+    let mut s = TcpStream::connect(env.addr()).await.unwrap();
+    let truncated = post("/hub/mcp", &host);
+    s.write_all(&truncated.as_bytes()[..truncated.len() - 10])
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("a truncated request must not hold the connection open")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 400"),
+        "truncated: {text:?}"
+    );
+    assert_eq!(
+        env.hub.request_count(),
+        before,
+        "a truncated request reached the hub"
+    );
+    // The same for a body large enough to stream on to the hub: its upload fails, nothing hangs.
+    let mut s = TcpStream::connect(env.addr()).await.unwrap();
+    let head = format!(
+        "POST /hub/mcp HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 200000\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&vec![b' '; 100_000]).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("a truncated streaming body must not hold the connection open")
+        .unwrap();
     let metrics = env.sidecar.metrics().await.unwrap();
     for (code, n) in [(200, 3), (405, 1)] {
         assert!(
