@@ -15,8 +15,8 @@ use civic_testkit::hub::HubReply;
 use civic_testkit::jwt;
 use civic_testkit::secrets::PROFILE_ID;
 use common::{
-    Env, Setup, Subject, Upstream, assert_sidecar_error, check_report, read_header_log,
-    require_peers, run_client, start_upstream, token_digest,
+    Env, Setup, Subject, Upstream, assert_sidecar_error, check_report, logged_header,
+    read_header_log, require_peers, run_client, start_upstream, token_digest,
 };
 use http::{Method, Request, header};
 use http_body_util::Full;
@@ -113,14 +113,7 @@ async fn three_profiles_official_clients_each_locked_to_its_own() {
             "{path}: nothing reached the upstream"
         );
         for entry in &log[seen_before..] {
-            let headers = entry["headers"].as_array().cloned().unwrap_or_default();
-            let values = |name: &str| -> Vec<String> {
-                headers
-                    .iter()
-                    .filter(|h| h[0].as_str().is_some_and(|k| k.eq_ignore_ascii_case(name)))
-                    .filter_map(|h| h[1].as_str().map(String::from))
-                    .collect()
-            };
+            let values = |name: &str| logged_header(entry, name);
             // The upstream logs a digest of each bearer: find the token it stands for.
             let auth = values("authorization");
             assert_eq!(auth.len(), 1, "{path}: one Authorization");

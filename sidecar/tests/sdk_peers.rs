@@ -9,8 +9,8 @@ mod common;
 
 use civic_testkit::secrets::PROFILE_ID;
 use common::{
-    Env, Setup, Upstream, check_report, read_header_log, require_peers, run_client, start_upstream,
-    token_digest,
+    Env, Setup, Upstream, check_report, logged_header, read_header_log, require_peers, run_client,
+    start_upstream, token_digest,
 };
 use serde_json::Value;
 
@@ -25,14 +25,7 @@ fn check_header_log(env: &Env, log: &[Value]) -> Result<usize, String> {
         .collect();
     let mut problems = Vec::new();
     for (i, e) in log.iter().enumerate() {
-        let headers = e["headers"].as_array().cloned().unwrap_or_default();
-        let values = |name: &str| -> Vec<String> {
-            headers
-                .iter()
-                .filter(|h| h[0].as_str().is_some_and(|k| k.eq_ignore_ascii_case(name)))
-                .filter_map(|h| h[1].as_str().map(String::from))
-                .collect()
-        };
+        let values = |name: &str| logged_header(e, name);
         let auth = values("authorization");
         match auth.as_slice() {
             [one]

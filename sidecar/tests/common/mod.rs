@@ -412,6 +412,17 @@ pub fn read_header_log(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// Every value of header `name` (any case) in one entry of an SDK peer's header log.
+pub fn logged_header(entry: &Value, name: &str) -> Vec<String> {
+    entry["headers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| h[0].as_str().is_some_and(|k| k.eq_ignore_ascii_case(name)))
+        .filter_map(|h| h[1].as_str().map(String::from))
+        .collect()
+}
+
 /// `sha256:<hex>`, as the peers' header logs show bearer tokens.
 pub fn token_digest(token: &str) -> String {
     use sha2::Digest as _;
