@@ -194,10 +194,16 @@ pub fn is_injected(pod: &Pod) -> bool {
 }
 
 fn has_sidecar(spec: &PodSpec) -> bool {
-    spec.containers
+    sidecars(spec).next().is_some()
+}
+
+/// The pod's containers named like the sidecar, init containers first (native mode).
+fn sidecars(spec: &PodSpec) -> impl Iterator<Item = &Container> {
+    spec.init_containers
         .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .any(|c| c.name == SIDECAR_CONTAINER)
+        .flatten()
+        .chain(&spec.containers)
+        .filter(|c| c.name == SIDECAR_CONTAINER)
 }
 
 /// The pod with the sidecar of `binding` (a binding of `integration`) added. Pure: no I/O, no
@@ -291,12 +297,8 @@ fn check_ports(spec: &PodSpec, defaults: &InjectDefaults) -> Result<(), InjectEr
 /// (read from its `CIVIC_PROFILES`, so a reinvocation needs no binding), in every app container
 /// that does not set them already.
 fn add_workload_url(spec: &mut PodSpec, proxy_port: u16) {
-    let named = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .chain(&spec.containers)
-        .find(|c| c.name == SIDECAR_CONTAINER)
+    let named = sidecars(spec)
+        .next()
         .and_then(|c| {
             c.env
                 .iter()

@@ -16,7 +16,7 @@
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, Volume, VolumeMount};
 use kube::ResourceExt;
 
-use super::{InjectDefaults, InjectError, SIDECAR_CONTAINER, inject};
+use super::{InjectDefaults, InjectError, SIDECAR_CONTAINER, inject, sidecars};
 use crate::annotations::{INJECTED_ANNOTATION, INJECTED_GENERATION_ANNOTATION, binding_ref};
 use crate::crd::{CivicIntegration, ProfileBinding};
 
@@ -38,10 +38,8 @@ pub(super) fn injected_by(
     if pod.annotations().get(INJECTED_ANNOTATION) != Some(&want_ref) {
         return Err(mismatch("the annotation names another binding"));
     }
-    let sidecars: Vec<&Container> = containers(pod)
-        .filter(|c| c.name == SIDECAR_CONTAINER)
-        .collect();
-    let [actual] = sidecars[..] else {
+    let found: Vec<&Container> = pod.spec.iter().flat_map(sidecars).collect();
+    let [actual] = found[..] else {
         return Err(mismatch("more than one civic-sidecar container"));
     };
     let expected_pod = inject(
@@ -50,8 +48,11 @@ pub(super) fn injected_by(
         binding,
         defaults,
     )?;
-    let expected = containers(&expected_pod)
-        .find(|c| c.name == SIDECAR_CONTAINER)
+    let expected = expected_pod
+        .spec
+        .iter()
+        .flat_map(sidecars)
+        .next()
         .expect("inject adds the sidecar");
 
     let same = |a: &Container, b: &Container| -> Option<&'static str> {
@@ -95,16 +96,6 @@ pub(super) fn injected_by(
         return Err(mismatch("its volumes"));
     }
     Ok(())
-}
-
-fn containers(pod: &Pod) -> impl Iterator<Item = &Container> {
-    let spec = pod.spec.as_ref();
-    spec.into_iter().flat_map(|s| {
-        s.init_containers
-            .iter()
-            .flatten()
-            .chain(s.containers.iter())
-    })
 }
 
 fn civic_env(c: &Container) -> Vec<&EnvVar> {
