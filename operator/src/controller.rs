@@ -87,7 +87,7 @@ pub struct Shared {
 /// Per-term reconcile context.
 pub struct Context {
     shared: Shared,
-    pods: Store<Pod>,
+    pods: pods::PodIndex,
     recorder: Recorder,
     leader: LeaderGate,
     /// Consecutive failures per integration, for the backoff.
@@ -98,7 +98,7 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(shared: Shared, pods: Store<Pod>, leader: LeaderGate) -> Self {
+    pub fn new(shared: Shared, pods: pods::PodIndex, leader: LeaderGate) -> Self {
         let recorder = Recorder::new(
             shared.client.clone(),
             Reporter {
@@ -128,6 +128,15 @@ impl Context {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
+    }
+
+    /// Forgets a deleted integration's failure streak and status memo.
+    fn forget(&self, obj: &CivicIntegration) {
+        self.reset_failures(&key_of(obj));
+        if let Some(uid) = obj.uid() {
+            let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+            w.remove(&uid);
+        }
     }
 
     fn written(&self, uid: &str) -> Option<CivicIntegrationStatus> {
@@ -308,15 +317,15 @@ async fn reconcile_inner(obj: &CivicIntegration, ctx: &Context) -> Result<Done, 
     let spec = &obj.spec;
     let settings = &ctx.shared.settings;
 
-    match tokio::time::timeout(settings.pod_cache_wait, ctx.pods.wait_until_ready()).await {
-        Ok(Ok(())) => {}
-        _ => return Err(Error::PodCacheNotReady(settings.pod_cache_wait)),
+    let ready = tokio::time::timeout(settings.pod_cache_wait, ctx.pods.wait_until_ready());
+    if !ready.await.unwrap_or(false) {
+        return Err(Error::PodCacheNotReady(settings.pod_cache_wait));
     }
     let mut observed = Observed {
         spec: validation::validate(spec),
         secret: None,
         credentials: None,
-        bindings: pods::binding_counts(&ctx.pods.state(), &ns, &name, &spec.bindings),
+        bindings: pods::binding_counts(&ctx.pods, &ns, &name, &spec.bindings),
     };
     let mut requeue = settings.resync;
     let mut transient = None;
@@ -475,10 +484,10 @@ fn integrations_using(
         .collect()
 }
 
-/// Every integration in the pod's namespace (any of them may select it).
+/// Every integration in the namespace of a pod trigger (any of them may select its pods).
 fn integrations_in_namespace(
     store: &Store<CivicIntegration>,
-    pod: &Pod,
+    pod: &PartialObjectMeta<Pod>,
 ) -> Vec<ObjectRef<CivicIntegration>> {
     let ns = pod.namespace();
     store
@@ -572,7 +581,10 @@ fn objects_only<T>(
 /// Runs the controller until the returned future is dropped (on losing the lease or shutdown).
 pub async fn run(shared: Shared, leader: LeaderGate) {
     let client = shared.client.clone();
+    let (pod_index, pod_changes) = pods::watch(Api::all(client.clone()));
+    let ctx = Arc::new(Context::new(shared, pod_index, leader));
     let (store, writer) = reflector::store();
+    let forget = ctx.clone();
     let integrations = relist_at_once(
         "civicintegrations",
         watcher(
@@ -582,13 +594,17 @@ pub async fn run(shared: Shared, leader: LeaderGate) {
     )
     .backoff(WatchBackoff::default())
     .reflect(writer)
+    .inspect(move |event| {
+        if let Ok(watcher::Event::Delete(obj)) = event {
+            forget.forget(obj);
+        }
+    })
     .applied_objects();
     let controller = Controller::for_stream(
         objects_only("civicintegrations", integrations),
         store.clone(),
     )
     .with_config(ControllerConfig::default().concurrency(CONCURRENCY));
-    let (pod_store, pod_changes) = pods::watch(Api::all(client.clone()));
     // Metadata only: the controller never caches Secret contents.
     let secret_changes = relist_at_once(
         "secrets",
@@ -599,7 +615,6 @@ pub async fn run(shared: Shared, leader: LeaderGate) {
     )
     .backoff(WatchBackoff::default())
     .touched_objects();
-    let ctx = Arc::new(Context::new(shared, pod_store, leader));
 
     let secret_store = store.clone();
     let pod_store_refs = store;

@@ -1,24 +1,189 @@
-//! Pod counts per binding, from a trimmed cluster-wide pod cache, and the pod trigger stream that
-//! keeps them current.
+//! Pod counts per binding, from an index of the live opted-in pods, and the trigger stream that
+//! keeps it current.
+//!
+//! The apiserver does the filtering: the watch asks for pods labelled
+//! `mcp.civic.com/inject=enabled` that have not terminated (label and field selectors), as
+//! metadata only. Each pod is kept as its labels and the injected-binding annotation, grouped by
+//! namespace, so memory grows with the opted-in pods and not with the cluster, and a reconcile
+//! reads only its own namespace's pods. A pod that stops matching (terminated, label removed)
+//! arrives as a deletion.
 
-use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
 
-use futures_util::{Stream, StreamExt, future};
-use k8s_openapi::api::core::v1::{Pod, PodStatus};
-use kube::core::SelectorExt;
-use kube::runtime::reflector::{self, Store};
+use futures_util::{Stream, StreamExt, stream};
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::{PartialObjectMeta, PartialObjectMetaExt, SelectorExt};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
+use tokio::sync::watch;
 
-use crate::annotations::{BINDING_ANNOTATION, INJECT_ENABLED, INJECT_LABEL, INJECTED_ANNOTATION};
+use crate::annotations::{INJECT_ENABLED, INJECT_LABEL, INJECTED_ANNOTATION};
 use crate::crd::{BindingStatus, ProfileBinding};
 use crate::validation;
+
+/// Phases a counted pod may be in: terminated pods leave the watch.
+const LIVE_PHASES: &str = "status.phase!=Succeeded,status.phase!=Failed";
+
+/// What counting needs of one pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PodEntry {
+    labels: BTreeMap<String, String>,
+    /// `<integration>/<binding>` of the sidecar it carries.
+    injected: Option<String>,
+}
+
+impl PodEntry {
+    /// `None` for a pod that does not count: not opted in, or being deleted.
+    fn of(pod: &PartialObjectMeta<Pod>) -> Option<Self> {
+        let m = &pod.metadata;
+        let opted_in = pod.labels().get(INJECT_LABEL).map(String::as_str) == Some(INJECT_ENABLED);
+        (opted_in && m.deletion_timestamp.is_none()).then(|| Self {
+            labels: m.labels.clone().unwrap_or_default(),
+            injected: pod.annotations().get(INJECTED_ANNOTATION).cloned(),
+        })
+    }
+}
+
+/// Pods by name, by namespace.
+type Namespaces = HashMap<String, HashMap<String, PodEntry>>;
+
+/// Read side of the index: cheap to clone, shared with every reconcile.
+#[derive(Clone)]
+pub struct PodIndex {
+    namespaces: Arc<RwLock<Namespaces>>,
+    ready: watch::Receiver<bool>,
+}
+
+impl PodIndex {
+    /// Resolves once the initial list is in (`false` if the writer went away first).
+    pub async fn wait_until_ready(&self) -> bool {
+        self.ready.clone().wait_for(|ready| *ready).await.is_ok()
+    }
+
+    /// Opted-in pods indexed, in every namespace.
+    pub fn len(&self) -> usize {
+        self.read().values().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Namespaces> {
+        self.namespaces.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Write side of the index: applies watch events and says which namespaces changed.
+pub struct PodIndexWriter {
+    namespaces: Arc<RwLock<Namespaces>>,
+    ready: watch::Sender<bool>,
+    /// The relist being received, swapped in whole at its end.
+    relist: Option<Namespaces>,
+}
+
+/// An empty index, not ready until the writer applies its first `InitDone`.
+pub fn index() -> (PodIndex, PodIndexWriter) {
+    let namespaces = Arc::<RwLock<Namespaces>>::default();
+    let (ready_tx, ready_rx) = watch::channel(false);
+    (
+        PodIndex {
+            namespaces: namespaces.clone(),
+            ready: ready_rx,
+        },
+        PodIndexWriter {
+            namespaces,
+            ready: ready_tx,
+            relist: None,
+        },
+    )
+}
+
+impl PodIndexWriter {
+    /// Applies one watch event; returns the namespaces whose counts may have changed.
+    pub fn apply(&mut self, event: watcher::Event<PartialObjectMeta<Pod>>) -> Vec<String> {
+        match event {
+            watcher::Event::Apply(pod) => self.upsert(&pod),
+            watcher::Event::Delete(pod) => {
+                let (ns, name) = key(&pod);
+                let mut all = self.write();
+                let removed = all.get_mut(&ns).and_then(|pods| pods.remove(&name));
+                if all.get(&ns).is_some_and(HashMap::is_empty) {
+                    all.remove(&ns);
+                }
+                removed.map(|_| ns).into_iter().collect()
+            }
+            watcher::Event::Init => {
+                self.relist = Some(Namespaces::new());
+                Vec::new()
+            }
+            watcher::Event::InitApply(pod) => {
+                if let Some(entry) = PodEntry::of(&pod) {
+                    let (ns, name) = key(&pod);
+                    let relist = self.relist.get_or_insert_default();
+                    relist.entry(ns).or_default().insert(name, entry);
+                }
+                Vec::new()
+            }
+            watcher::Event::InitDone => {
+                let fresh = self.relist.take().unwrap_or_default();
+                let old = std::mem::replace(&mut *self.write(), fresh);
+                let changed = changed_namespaces(&old, &self.read());
+                self.ready.send_replace(true);
+                changed
+            }
+        }
+    }
+
+    fn upsert(&mut self, pod: &PartialObjectMeta<Pod>) -> Vec<String> {
+        let (ns, name) = key(pod);
+        let mut all = self.write();
+        let changed = match PodEntry::of(pod) {
+            Some(entry) => {
+                let pods = all.entry(ns.clone()).or_default();
+                pods.insert(name, entry.clone()) != Some(entry)
+            }
+            None => {
+                let removed = all.get_mut(&ns).and_then(|pods| pods.remove(&name));
+                if all.get(&ns).is_some_and(HashMap::is_empty) {
+                    all.remove(&ns);
+                }
+                removed.is_some()
+            }
+        };
+        if changed { vec![ns] } else { Vec::new() }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Namespaces> {
+        self.namespaces.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Namespaces> {
+        self.namespaces.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn key(pod: &PartialObjectMeta<Pod>) -> (String, String) {
+    (pod.namespace().unwrap_or_default(), pod.name_any())
+}
+
+/// Namespaces whose pods differ between two snapshots (after a relist: changes missed while the
+/// watch was down).
+fn changed_namespaces(old: &Namespaces, new: &Namespaces) -> Vec<String> {
+    let mut changed: Vec<String> = new
+        .iter()
+        .filter(|(ns, pods)| old.get(*ns) != Some(pods))
+        .map(|(ns, _)| ns.clone())
+        .collect();
+    changed.extend(old.keys().filter(|ns| !new.contains_key(*ns)).cloned());
+    changed
+}
 
 /// Counts, for each binding, the live opted-in pods of `namespace` its selector matches, and how
 /// many of them carry this binding's sidecar. Bindings with an invalid selector count nothing.
 pub fn binding_counts(
-    pods: &[impl std::ops::Deref<Target = Pod>],
+    index: &PodIndex,
     namespace: &str,
     integration: &str,
     bindings: &[ProfileBinding],
@@ -26,6 +191,10 @@ pub fn binding_counts(
     let selectors: Vec<_> = bindings
         .iter()
         .map(|b| validation::selector(&b.pod_selector))
+        .collect();
+    let ours: Vec<String> = bindings
+        .iter()
+        .map(|b| crate::annotations::binding_ref(integration, &b.name))
         .collect();
     let mut counts: Vec<BindingStatus> = bindings
         .iter()
@@ -35,20 +204,13 @@ pub fn binding_counts(
             injected_pods: 0,
         })
         .collect();
-    let live = pods
-        .iter()
-        .map(|p| &**p)
-        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
-        .filter(|p| is_live(p) && opted_in(p));
-    for pod in live {
-        let labels = pod.labels();
-        let injected = pod.annotations().get(INJECTED_ANNOTATION);
-        for ((binding, selector), count) in bindings.iter().zip(&selectors).zip(&mut counts) {
+    let all = index.read();
+    for pod in all.get(namespace).into_iter().flat_map(HashMap::values) {
+        for ((selector, this), count) in selectors.iter().zip(&ours).zip(&mut counts) {
             let Some(selector) = selector else { continue };
-            if selector.matches(labels) {
+            if selector.matches(&pod.labels) {
                 count.matched_pods += 1;
-                let this = crate::annotations::binding_ref(integration, &binding.name);
-                if injected == Some(&this) {
+                if pod.injected.as_ref() == Some(this) {
                     count.injected_pods += 1;
                 }
             }
@@ -57,182 +219,179 @@ pub fn binding_counts(
     counts
 }
 
-fn opted_in(pod: &Pod) -> bool {
-    pod.labels().get(INJECT_LABEL).map(String::as_str) == Some(INJECT_ENABLED)
-}
-
-/// Not terminated and not being deleted.
-fn is_live(pod: &Pod) -> bool {
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    pod.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded" | "Failed"))
-}
-
-/// Keeps only what counting needs, so the cache of every pod in the cluster stays small.
-pub fn trim(pod: &mut Pod) {
-    pod.spec = None;
-    let phase = pod.status.take().and_then(|s| s.phase);
-    pod.status = phase.map(|phase| PodStatus {
-        phase: Some(phase),
-        ..PodStatus::default()
-    });
-    let m = &mut pod.metadata;
-    m.managed_fields = None;
-    m.owner_references = None;
-    m.finalizers = None;
-    if let Some(a) = m.annotations.as_mut() {
-        a.retain(|k, _| k == INJECTED_ANNOTATION || k == BINDING_ANNOTATION);
+/// A trigger naming only a namespace whose pods changed (as `*`: the controller wants a name to
+/// log the trigger by).
+fn namespace_trigger(namespace: String) -> PartialObjectMeta<Pod> {
+    kube::api::ObjectMeta {
+        name: Some("*".into()),
+        namespace: Some(namespace),
+        ..Default::default()
     }
+    .into_response_partial()
 }
 
-/// What about a pod can change a count.
-fn fingerprint(pod: &Pod) -> u64 {
-    let mut h = DefaultHasher::new();
-    pod.labels().hash(&mut h);
-    pod.annotations().get(INJECTED_ANNOTATION).hash(&mut h);
-    is_live(pod).hash(&mut h);
-    h.finish()
-}
-
-/// A reflector over all pods (trimmed) and the stream of pods whose count-relevant state changed
-/// (including deletions). The store is filled as the stream is polled, before each item is
-/// yielded, so a reconcile triggered by a pod sees that pod.
+/// The pod index and the stream of namespaces (as metadata-only pods) whose counts changed. The
+/// index is updated as the stream is polled, before each trigger is yielded, so a reconcile
+/// triggered by a pod sees that pod.
 pub fn watch(
-    api: Api<Pod>,
+    api: Api<PartialObjectMeta<Pod>>,
 ) -> (
-    Store<Pod>,
-    impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static,
+    PodIndex,
+    impl Stream<Item = Result<PartialObjectMeta<Pod>, watcher::Error>> + Send + 'static,
 ) {
-    let (store, writer) = reflector::store();
-    let mut seen: HashMap<String, u64> = HashMap::new();
-    let stream =
-        crate::controller::relist_at_once("pods", watcher(api, watcher::Config::default()))
-            .backoff(crate::controller::WatchBackoff::default())
-            .modify(trim)
-            .reflect(writer)
-            .filter_map(move |event| {
-                let out = match event {
-                    Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
-                        let key = pod.uid().unwrap_or_else(|| pod.name_any());
-                        let fp = fingerprint(&pod);
-                        (seen.insert(key, fp) != Some(fp)).then_some(Ok(pod))
-                    }
-                    Ok(watcher::Event::Delete(pod)) => {
-                        seen.remove(&pod.uid().unwrap_or_else(|| pod.name_any()));
-                        Some(Ok(pod))
-                    }
-                    Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
-                    Err(e) => Some(Err(e)),
-                };
-                future::ready(out)
-            });
-    (store, stream)
+    let (index, mut writer) = index();
+    let config = watcher::Config::default()
+        .labels(&format!("{INJECT_LABEL}={INJECT_ENABLED}"))
+        .fields(LIVE_PHASES);
+    let stream = crate::controller::relist_at_once("pods", watcher(api, config))
+        .backoff(crate::controller::WatchBackoff::default())
+        .flat_map(move |event| {
+            let triggers: Vec<_> = match event {
+                Ok(event) => writer
+                    .apply(event)
+                    .into_iter()
+                    .map(|ns| Ok(namespace_trigger(ns)))
+                    .collect(),
+                Err(e) => vec![Err(e)],
+            };
+            stream::iter(triggers)
+        });
+    (index, stream)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-    use std::collections::BTreeMap;
-    use std::sync::Arc;
 
     use crate::testing::binding;
 
-    fn pod(ns: &str, app: &str, opted_in: bool, injected: Option<&str>) -> Arc<Pod> {
+    fn pod(
+        ns: &str,
+        name: &str,
+        app: &str,
+        opted_in: bool,
+        injected: Option<&str>,
+    ) -> PartialObjectMeta<Pod> {
         let mut labels = BTreeMap::from([("app".to_string(), app.to_string())]);
         if opted_in {
             labels.insert(INJECT_LABEL.into(), INJECT_ENABLED.into());
         }
-        Arc::new(Pod {
-            metadata: ObjectMeta {
-                name: Some(format!("{app}-x")),
-                namespace: Some(ns.into()),
-                labels: Some(labels),
-                annotations: injected
-                    .map(|v| BTreeMap::from([(INJECTED_ANNOTATION.to_string(), v.to_string())])),
-                ..ObjectMeta::default()
-            },
-            ..Pod::default()
-        })
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            labels: Some(labels),
+            annotations: injected
+                .map(|v| BTreeMap::from([(INJECTED_ANNOTATION.to_string(), v.to_string())])),
+            ..ObjectMeta::default()
+        }
+        .into_response_partial()
     }
 
-    fn with_phase(p: Arc<Pod>, phase: &str) -> Arc<Pod> {
-        let mut p = (*p).clone();
-        p.status = Some(PodStatus {
-            phase: Some(phase.into()),
-            ..PodStatus::default()
-        });
-        Arc::new(p)
+    fn listed(pods: Vec<PartialObjectMeta<Pod>>) -> (PodIndex, PodIndexWriter) {
+        let (index, mut writer) = index();
+        writer.apply(watcher::Event::Init);
+        for p in pods {
+            writer.apply(watcher::Event::InitApply(p));
+        }
+        writer.apply(watcher::Event::InitDone);
+        (index, writer)
+    }
+
+    fn support_and_sales(index: &PodIndex, ns: &str) -> Vec<(i32, i32)> {
+        binding_counts(
+            index,
+            ns,
+            "civic",
+            &[binding("support", "support"), binding("sales", "sales")],
+        )
+        .into_iter()
+        .map(|b| (b.matched_pods, b.injected_pods))
+        .collect()
     }
 
     #[test]
     fn counts_matched_and_injected_pods_per_binding() {
-        let pods = vec![
-            pod("team", "support", true, Some("civic/support")),
-            pod("team", "support", true, None),
-            pod("team", "support", false, None), // not opted in
-            pod("other", "support", true, Some("civic/support")), // other namespace
-            pod("team", "sales", true, Some("other/sales")), // another integration's sidecar
-            with_phase(
-                pod("team", "support", true, Some("civic/support")),
-                "Succeeded",
-            ),
-        ];
-        let counts = binding_counts(
-            &pods,
-            "team",
-            "civic",
-            &[binding("support", "support"), binding("sales", "sales")],
+        let (index, _writer) = listed(vec![
+            pod("team", "a", "support", true, Some("civic/support")),
+            pod("team", "b", "support", true, None),
+            pod("team", "c", "support", false, None), // not opted in
+            pod("other", "a", "support", true, Some("civic/support")), // other namespace
+            pod("team", "d", "sales", true, Some("other/sales")), // another integration's sidecar
+        ]);
+        assert_eq!(support_and_sales(&index, "team"), [(2, 1), (1, 0)]);
+        assert_eq!(support_and_sales(&index, "none"), [(0, 0), (0, 0)]);
+        assert_eq!(index.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn ready_only_after_the_initial_list() {
+        let (index, mut writer) = index();
+        writer.apply(watcher::Event::Init);
+        writer.apply(watcher::Event::InitApply(pod(
+            "team", "a", "support", true, None,
+        )));
+        let early = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            index.wait_until_ready(),
         );
+        assert!(early.await.is_err(), "ready before InitDone");
+        assert!(index.is_empty(), "a relist in progress is not visible");
+        writer.apply(watcher::Event::InitDone);
+        assert!(index.wait_until_ready().await);
+        assert_eq!(index.len(), 1);
+    }
+
+    #[test]
+    fn changes_report_their_namespace_once() {
+        let (index, mut writer) = listed(vec![pod("team", "a", "support", true, None)]);
+        let same = pod("team", "a", "support", true, None);
+        assert!(
+            writer.apply(watcher::Event::Apply(same)).is_empty(),
+            "no-op update"
+        );
+        let injected = pod("team", "a", "support", true, Some("civic/support"));
+        assert_eq!(writer.apply(watcher::Event::Apply(injected)), ["team"]);
+        assert_eq!(support_and_sales(&index, "team"), [(1, 1), (0, 0)]);
+
+        // Being deleted: no longer counted, even before the deletion arrives.
+        let mut deleting = pod("team", "a", "support", true, Some("civic/support"));
+        deleting.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
         assert_eq!(
-            counts,
-            [
-                BindingStatus {
-                    name: "support".into(),
-                    matched_pods: 2,
-                    injected_pods: 1
-                },
-                BindingStatus {
-                    name: "sales".into(),
-                    matched_pods: 1,
-                    injected_pods: 0
-                },
-            ]
+            writer.apply(watcher::Event::Apply(deleting.clone())),
+            ["team"]
         );
+        assert_eq!(support_and_sales(&index, "team"), [(0, 0), (0, 0)]);
+        assert!(writer.apply(watcher::Event::Delete(deleting)).is_empty());
+        assert!(index.read().is_empty(), "empty namespaces are dropped");
     }
 
     #[test]
-    fn pods_being_deleted_do_not_count() {
-        let mut p = (*pod("team", "support", true, Some("civic/support"))).clone();
-        p.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
-        let counts = binding_counts(
-            &[Arc::new(p)],
-            "team",
-            "civic",
-            &[binding("support", "support")],
-        );
-        assert_eq!(counts[0].matched_pods, 0);
+    fn triggers_can_be_referenced() {
+        // The controller refers to every trigger by name; a nameless one panics it.
+        let r = kube::runtime::reflector::ObjectRef::from_obj(&namespace_trigger("team".into()));
+        assert_eq!(r.namespace.as_deref(), Some("team"));
     }
 
     #[test]
-    fn trim_keeps_what_counting_needs() {
-        let mut p = (*pod("team", "support", true, Some("civic/support"))).clone();
-        p.metadata
-            .annotations
-            .as_mut()
-            .unwrap()
-            .insert("big".into(), "x".repeat(1000));
-        p.spec = Some(Default::default());
-        p.status = Some(PodStatus {
-            phase: Some("Running".into()),
-            pod_ip: Some("10.0.0.1".into()),
-            ..PodStatus::default()
-        });
-        let before = fingerprint(&p);
-        trim(&mut p);
-        assert!(p.spec.is_none());
-        assert_eq!(p.status.as_ref().unwrap().pod_ip, None);
-        assert_eq!(p.annotations().len(), 1);
-        assert_eq!(fingerprint(&p), before);
-        assert_eq!(p.labels().len(), 2);
+    fn a_relist_reports_what_changed_while_the_watch_was_down() {
+        let (index, mut writer) = listed(vec![
+            pod("gone", "a", "support", true, None),
+            pod("same", "a", "support", true, None),
+            pod("relabelled", "a", "support", true, None),
+        ]);
+        writer.apply(watcher::Event::Init);
+        for p in [
+            pod("same", "a", "support", true, None),
+            pod("relabelled", "a", "sales", true, None),
+            pod("new", "a", "support", true, None),
+        ] {
+            writer.apply(watcher::Event::InitApply(p));
+        }
+        let mut changed = writer.apply(watcher::Event::InitDone);
+        changed.sort();
+        assert_eq!(changed, ["gone", "new", "relabelled"]);
+        assert_eq!(support_and_sales(&index, "relabelled"), [(0, 0), (1, 0)]);
+        assert_eq!(index.len(), 3);
     }
 }

@@ -320,17 +320,19 @@ async fn integration_lifecycle_under_the_chart_rbac() -> anyhow::Result<()> {
     );
 
     // Pod counts: one opted-in matching pod carrying this binding's sidecar, one matching pod
-    // without it, one pod another binding would take.
+    // without it, one pod another binding would take, one matching pod that did not opt in (the
+    // operator's label-selected watch never sees it).
     Api::<ServiceAccount>::namespaced(admin.clone(), TEAM)
         .create(
             &PostParams::default(),
             &serde_json::from_value(json!({"metadata": {"name": "default"}}))?,
         )
         .await?;
-    for (name, app, injected) in [
-        ("agent-1", "support-agent", Some("civic/support")),
-        ("agent-2", "support-agent", None),
-        ("other-1", "other", None),
+    for (name, app, injected, opted_in) in [
+        ("agent-1", "support-agent", Some("civic/support"), true),
+        ("agent-2", "support-agent", None, true),
+        ("other-1", "other", None, true),
+        ("plain-1", "support-agent", None, false),
     ] {
         let mut annotations = serde_json::Map::new();
         if let Some(v) = injected {
@@ -339,8 +341,11 @@ async fn integration_lifecycle_under_the_chart_rbac() -> anyhow::Result<()> {
                 json!(v),
             );
         }
+        let inject = if opted_in { "enabled" } else { "disabled" };
         let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {"app": app, "mcp.civic.com/inject": "enabled"},
+            "metadata": {"name": name,
+                         "labels": {"app": app,
+                                    "mcp.civic.com/inject": inject},
                          "annotations": annotations},
             "spec": {"automountServiceAccountToken": false,
                      "containers": [{"name": "app", "image": "example.invalid/app:1"}]},
@@ -355,6 +360,24 @@ async fn integration_lifecycle_under_the_chart_rbac() -> anyhow::Result<()> {
             .await?;
         let b = ci.status.map(|s| s.bindings).unwrap_or_default();
         Ok((b.len() == 1 && b[0].matched_pods == 2 && b[0].injected_pods == 1).then_some(()))
+    })
+    .await?;
+
+    // A pod that terminates leaves the counts: it drops out of the watch's live-phase field
+    // selector, which the apiserver reports as a deletion.
+    Api::<Pod>::namespaced(admin.clone(), TEAM)
+        .patch_status(
+            "agent-2",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
+        )
+        .await?;
+    eventually("pod counts after a pod terminated", EVENTUALLY, || async {
+        let ci = Api::<CivicIntegration>::namespaced(admin.clone(), TEAM)
+            .get(CI_NAME)
+            .await?;
+        let b = ci.status.map(|s| s.bindings).unwrap_or_default();
+        Ok((b.len() == 1 && b[0].matched_pods == 1 && b[0].injected_pods == 1).then_some(()))
     })
     .await?;
 

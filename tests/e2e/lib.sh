@@ -41,7 +41,8 @@ diagnostics() {
 }
 
 # json_event NAME: the first JSON line of stdin whose "event" is NAME (other lines are skipped).
-json_event() { jq -cR --arg e "$1" 'fromjson? | select(type == "object" and .event == $e)' | head -1; }
+# jq reads all of stdin: with `| head` under pipefail the writer could die of SIGPIPE.
+json_event() { jq -cnR --arg e "$1" '[inputs | fromjson? | select(type == "object" and .event == $e)] | .[0] // empty'; }
 
 # capture DIR: every pod's container logs, every Event, Pod and CivicIntegration, and (for the
 # local node) every node component's log, for the secret scan and for post-mortems.

@@ -306,7 +306,9 @@ spec:
         serviceAccountToken: {audience: civic, expirationSeconds: 3600}
 EOF
 kubectl -n "$APP_NS" wait civicintegration/e2e --for=condition=Ready --timeout=120s
-columns=$(kubectl -n "$APP_NS" get civic e2e | head -1)
+# No `| head` under pipefail: kubectl could die of SIGPIPE and fail the step.
+columns=$(kubectl -n "$APP_NS" get civic e2e)
+columns=${columns%%$'\n'*}
 for c in NAME READY BINDINGS AGE; do grep -qw "$c" <<<"$columns" || die "kubectl get civic lacks column $c: $columns"; done
 pass "CivicIntegration Ready (credentials probed against the fake Civic Auth); columns: $columns"
 
@@ -411,8 +413,8 @@ check_mcp() {
   out=$(kubectl -n "$APP_NS" exec "$target" -c app -- /mcp-workload call) || { printf '%s\n' "$out" >&2; return 1; }
   [ "$(jq -r .ok <<<"$out")" = true ] || { echo "call failed: $out" >&2; return 1; }
   jq -e '.tools | index("whoami")' <<<"$out" >/dev/null || { echo "tools/list lacks whoami: $out" >&2; return 1; }
-  jq -r .whoami <<<"$out" | grep -q "$PROFILE_ID" || { echo "whoami shows no profile-locked token: $out" >&2; return 1; }
-  jq -r .whoami <<<"$out" | grep -q "system:serviceaccount:$APP_NS:$APP_SA" || { echo "whoami shows another subject: $out" >&2; return 1; }
+  grep -q "$PROFILE_ID" <<<"$(jq -r .whoami <<<"$out")" || { echo "whoami shows no profile-locked token: $out" >&2; return 1; }
+  grep -q "system:serviceaccount:$APP_NS:$APP_SA" <<<"$(jq -r .whoami <<<"$out")" || { echo "whoami shows another subject: $out" >&2; return 1; }
 }
 log "MCP through the sidecar"
 check_mcp || die "MCP calls through the sidecar failed"
@@ -510,11 +512,11 @@ EOF
 kubectl -n "$APP_NS" wait pod/mcp-user pod/mcp-static --for=condition=Ready --timeout=180s
 user_first=$(kubectl -n "$APP_NS" logs mcp-user -c app | json_event first_call)
 [ "$(jq -r .ok <<<"$user_first")" = true ] || die "per-user first call failed: $user_first"
-jq -r .whoami <<<"$user_first" | grep -q "system:serviceaccount:$APP_NS:alice" || die "per-user call ran as another subject: $user_first"
+grep -q "system:serviceaccount:$APP_NS:alice" <<<"$(jq -r .whoami <<<"$user_first")" || die "per-user call ran as another subject: $user_first"
 no_user=$(kubectl -n "$APP_NS" exec mcp-user -c app -- /mcp-workload call) && die "a per-user call without the user's header succeeded: $no_user"
 static_first=$(kubectl -n "$APP_NS" logs mcp-static -c app | json_event first_call)
 [ "$(jq -r .ok <<<"$static_first")" = true ] || die "static-token first call failed: $static_first"
-jq -r .whoami <<<"$static_first" | grep -q 'static-agent' || die "static-token call ran as another subject: $static_first"
+grep -q 'static-agent' <<<"$(jq -r .whoami <<<"$static_first")" || die "static-token call ran as another subject: $static_first"
 pass "per-user binding: the call runs as the header's user (alice) and is refused without it; static-token binding: runs as static-agent"
 
 log "several profiles in one pod: each through its own URL with its own locked token"
@@ -539,9 +541,9 @@ for pair in ":$PROFILE_ID" "support:$SUPPORT_PROFILE_ID" "billing-tools:$BILLING
   name=${pair%%:*} uuid=${pair#*:}
   out=$(kubectl -n "$APP_NS" exec mcp-toolkits -c app -- /mcp-workload call ${name:+--profile "$name"}) ||
     die "the call to profile '${name:-default}' failed: $out"
-  jq -r .whoami <<<"$out" | grep -q "\"civic_profile\":\"$uuid\"" ||
+  grep -q "\"civic_profile\":\"$uuid\"" <<<"$(jq -r .whoami <<<"$out")" ||
     die "profile '${name:-default}' reached the hub with another profile's token: $out"
-  jq -r .whoami <<<"$out" | grep -q "$TOOLKITS_SUB" || die "profile '${name:-default}' ran as another subject: $out"
+  grep -q "$TOOLKITS_SUB" <<<"$(jq -r .whoami <<<"$out")" || die "profile '${name:-default}' ran as another subject: $out"
 done
 unknown=$(kubectl -n "$APP_NS" exec mcp-toolkits -c app -- /mcp-workload call --url http://127.0.0.1:8931/profiles/sales/hub/mcp) &&
   die "a profile the binding does not list was served: $unknown"
@@ -553,7 +555,7 @@ done
 pass "one pod, three profiles: /hub/mcp, \$CIVIC_MCP_URL_SUPPORT and \$CIVIC_MCP_URL_BILLING_TOOLS each reached the hub as $TOOLKITS_SUB with a token locked to its own profile (exchanges by profile: $by_profile); an unlisted profile is refused"
 
 log "pod deletion: the app stops first, its open stream finishes, the sidecar stops last"
-streaming() { kubectl -n "$APP_NS" logs mcp-static -c app | json_event streaming | grep -q .; }
+streaming() { [ -n "$(kubectl -n "$APP_NS" logs mcp-static -c app | json_event streaming)" ]; }
 retry 60 1 streaming || die "mcp-static never opened its countdown stream"
 kubectl -n "$APP_NS" get pod mcp-static -o json --watch-only >"$work/deletion.jsonl" &
 watcher=$!
@@ -649,7 +651,7 @@ subject_rotated() {
   local out
   out=$(kubectl -n "$APP_NS" exec mcp-rotate -c app -- /mcp-workload call) ||
     die "a call through mcp-rotate failed while waiting for the rotation: $out"
-  jq -r .whoami <<<"$out" | grep -q "$ROTATE_SUB" || die "mcp-rotate called as another subject: $out"
+  grep -q "$ROTATE_SUB" <<<"$(jq -r .whoami <<<"$out")" || die "mcp-rotate called as another subject: $out"
   rotate_calls=$((rotate_calls + 1))
   [ "$(rotate_iats | jq length)" -ge 2 ]
 }

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use civic_sidecar::exchange::ExchangeError;
 use futures_util::future::BoxFuture;
 use http::Method;
-use kube::runtime::reflector;
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 
@@ -98,12 +97,12 @@ struct Fixture {
     ctx: Arc<Context>,
     probe: Arc<ScriptedProbe>,
     metrics: Metrics,
-    _pods: reflector::store::Writer<Pod>,
+    _pods: crate::pods::PodIndexWriter,
 }
 
 fn fixture(mock_client: Client, probe: Arc<ScriptedProbe>, leading: bool) -> Fixture {
-    let (pods, mut writer) = reflector::store::<Pod>();
-    writer.apply_watcher_event(&watcher::Event::InitDone);
+    let (pods, mut writer) = crate::pods::index();
+    writer.apply(watcher::Event::InitDone);
     let metrics = Metrics::new();
     let shared = Shared {
         client: mock_client,
