@@ -578,6 +578,14 @@ fn objects_only<T>(
     })
 }
 
+/// Drops what the controller never reads from its cached integrations: field-manager records
+/// and `kubectl apply`'s copy of the object, together most of a stored object's size.
+fn trim_integration(obj: &mut CivicIntegration) {
+    obj.managed_fields_mut().clear();
+    obj.annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
+}
+
 /// Runs the controller until the returned future is dropped (on losing the lease or shutdown).
 pub async fn run(shared: Shared, leader: LeaderGate) {
     let client = shared.client.clone();
@@ -593,6 +601,7 @@ pub async fn run(shared: Shared, leader: LeaderGate) {
         ),
     )
     .backoff(WatchBackoff::default())
+    .modify(trim_integration)
     .reflect(writer)
     .inspect(move |event| {
         if let Ok(watcher::Event::Delete(obj)) = event {

@@ -107,12 +107,8 @@ impl PodIndexWriter {
             watcher::Event::Apply(pod) => self.upsert(&pod),
             watcher::Event::Delete(pod) => {
                 let (ns, name) = key(&pod);
-                let mut all = self.write();
-                let removed = all.get_mut(&ns).and_then(|pods| pods.remove(&name));
-                if all.get(&ns).is_some_and(HashMap::is_empty) {
-                    all.remove(&ns);
-                }
-                removed.map(|_| ns).into_iter().collect()
+                let removed = remove(&mut self.write(), &ns, &name);
+                if removed { vec![ns] } else { Vec::new() }
             }
             watcher::Event::Init => {
                 self.relist = Some(Namespaces::new());
@@ -144,13 +140,7 @@ impl PodIndexWriter {
                 let pods = all.entry(ns.clone()).or_default();
                 pods.insert(name, entry.clone()) != Some(entry)
             }
-            None => {
-                let removed = all.get_mut(&ns).and_then(|pods| pods.remove(&name));
-                if all.get(&ns).is_some_and(HashMap::is_empty) {
-                    all.remove(&ns);
-                }
-                removed.is_some()
-            }
+            None => remove(&mut all, &ns, &name),
         };
         if changed { vec![ns] } else { Vec::new() }
     }
@@ -162,6 +152,18 @@ impl PodIndexWriter {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Namespaces> {
         self.namespaces.read().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Removes a pod, and its namespace once empty; whether it was there.
+fn remove(all: &mut Namespaces, ns: &str, name: &str) -> bool {
+    let Some(pods) = all.get_mut(ns) else {
+        return false;
+    };
+    let removed = pods.remove(name).is_some();
+    if pods.is_empty() {
+        all.remove(ns);
+    }
+    removed
 }
 
 fn key(pod: &PartialObjectMeta<Pod>) -> (String, String) {
