@@ -15,6 +15,16 @@ pub const INJECTED_ANNOTATION: &str = "mcp.civic.com/injected";
 /// CivicIntegration the sidecar was rendered from.
 pub const INJECTED_GENERATION_ANNOTATION: &str = "mcp.civic.com/injected-generation";
 
+/// Whether a pod's labels opt it in to injection.
+pub fn opted_in(labels: &std::collections::BTreeMap<String, String>) -> bool {
+    labels.get(INJECT_LABEL).map(String::as_str) == Some(INJECT_ENABLED)
+}
+
+/// The label selector of the opted-in pods, as the API takes it.
+pub fn opted_in_selector() -> String {
+    format!("{INJECT_LABEL}={INJECT_ENABLED}")
+}
+
 /// `<integration>/<binding>`, the value of [`BINDING_ANNOTATION`] and [`INJECTED_ANNOTATION`].
 pub fn binding_ref(integration: &str, binding: &str) -> String {
     format!("{integration}/{binding}")

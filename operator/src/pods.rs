@@ -18,7 +18,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 
-use crate::annotations::{INJECT_ENABLED, INJECT_LABEL, INJECTED_ANNOTATION};
+use crate::annotations::{self, INJECTED_ANNOTATION};
 use crate::crd::{BindingStatus, ProfileBinding};
 use crate::validation;
 
@@ -37,7 +37,7 @@ impl PodEntry {
     /// `None` for a pod that does not count: not opted in, or being deleted.
     fn of(pod: &PartialObjectMeta<Pod>) -> Option<Self> {
         let m = &pod.metadata;
-        let opted_in = pod.labels().get(INJECT_LABEL).map(String::as_str) == Some(INJECT_ENABLED);
+        let opted_in = annotations::opted_in(pod.labels());
         (opted_in && m.deletion_timestamp.is_none()).then(|| Self {
             labels: m.labels.clone().unwrap_or_default(),
             injected: pod.annotations().get(INJECTED_ANNOTATION).cloned(),
@@ -62,12 +62,9 @@ impl PodIndex {
     }
 
     /// Opted-in pods indexed, in every namespace.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.read().values().map(HashMap::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Namespaces> {
@@ -124,8 +121,12 @@ impl PodIndexWriter {
             }
             watcher::Event::InitDone => {
                 let fresh = self.relist.take().unwrap_or_default();
-                let old = std::mem::replace(&mut *self.write(), fresh);
-                let changed = changed_namespaces(&old, &self.read());
+                let changed = {
+                    let mut all = self.write();
+                    let changed = changed_namespaces(&all, &fresh);
+                    *all = fresh;
+                    changed
+                };
                 self.ready.send_replace(true);
                 changed
             }
@@ -138,7 +139,11 @@ impl PodIndexWriter {
         let changed = match PodEntry::of(pod) {
             Some(entry) => {
                 let pods = all.entry(ns.clone()).or_default();
-                pods.insert(name, entry.clone()) != Some(entry)
+                let changed = pods.get(&name) != Some(&entry);
+                if changed {
+                    pods.insert(name, entry);
+                }
+                changed
             }
             None => remove(&mut all, &ns, &name),
         };
@@ -147,10 +152,6 @@ impl PodIndexWriter {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Namespaces> {
         self.namespaces.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Namespaces> {
-        self.namespaces.read().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -243,7 +244,7 @@ pub fn watch(
 ) {
     let (index, mut writer) = index();
     let config = watcher::Config::default()
-        .labels(&format!("{INJECT_LABEL}={INJECT_ENABLED}"))
+        .labels(&annotations::opted_in_selector())
         .fields(LIVE_PHASES);
     let stream = crate::controller::relist_at_once("pods", watcher(api, config))
         .backoff(crate::controller::WatchBackoff::default())
@@ -264,6 +265,7 @@ pub fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::annotations::{INJECT_ENABLED, INJECT_LABEL};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
     use crate::testing::binding;
@@ -338,7 +340,7 @@ mod tests {
             index.wait_until_ready(),
         );
         assert!(early.await.is_err(), "ready before InitDone");
-        assert!(index.is_empty(), "a relist in progress is not visible");
+        assert_eq!(index.len(), 0, "a relist in progress is not visible");
         writer.apply(watcher::Event::InitDone);
         assert!(index.wait_until_ready().await);
         assert_eq!(index.len(), 1);

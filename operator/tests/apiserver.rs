@@ -111,6 +111,26 @@ fn integration(token_url: &str) -> Value {
     common::integration(CI_NAME, token_url)
 }
 
+/// Waits until the integration's one binding reports `matched` and `injected` pods.
+async fn wait_binding_counts(
+    admin: &Client,
+    what: &str,
+    matched: i32,
+    injected: i32,
+) -> anyhow::Result<()> {
+    eventually(what, EVENTUALLY, || async {
+        let ci = Api::<CivicIntegration>::namespaced(admin.clone(), TEAM)
+            .get(CI_NAME)
+            .await?;
+        let b = ci.status.map(|s| s.bindings).unwrap_or_default();
+        Ok(
+            (b.len() == 1 && b[0].matched_pods == matched && b[0].injected_pods == injected)
+                .then_some(()),
+        )
+    })
+    .await
+}
+
 /// `(status, reason)` of every condition of the integration.
 async fn conditions(admin: &Client) -> anyhow::Result<BTreeMap<String, (String, String)>> {
     let ci = Api::<CivicIntegration>::namespaced(admin.clone(), TEAM)
@@ -354,14 +374,7 @@ async fn integration_lifecycle_under_the_chart_rbac() -> anyhow::Result<()> {
             .create(&PostParams::default(), &pod)
             .await?;
     }
-    eventually("pod counts", EVENTUALLY, || async {
-        let ci = Api::<CivicIntegration>::namespaced(admin.clone(), TEAM)
-            .get(CI_NAME)
-            .await?;
-        let b = ci.status.map(|s| s.bindings).unwrap_or_default();
-        Ok((b.len() == 1 && b[0].matched_pods == 2 && b[0].injected_pods == 1).then_some(()))
-    })
-    .await?;
+    wait_binding_counts(admin, "pod counts", 2, 1).await?;
 
     // A pod that terminates leaves the counts: it drops out of the watch's live-phase field
     // selector, which the apiserver reports as a deletion.
@@ -372,14 +385,7 @@ async fn integration_lifecycle_under_the_chart_rbac() -> anyhow::Result<()> {
             &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
         )
         .await?;
-    eventually("pod counts after a pod terminated", EVENTUALLY, || async {
-        let ci = Api::<CivicIntegration>::namespaced(admin.clone(), TEAM)
-            .get(CI_NAME)
-            .await?;
-        let b = ci.status.map(|s| s.bindings).unwrap_or_default();
-        Ok((b.len() == 1 && b[0].matched_pods == 1 && b[0].injected_pods == 1).then_some(()))
-    })
-    .await?;
+    wait_binding_counts(admin, "pod counts after a pod terminated", 1, 1).await?;
 
     // `kubectl get civic` columns, as the apiserver renders them (a server-side Table).
     let table = printed_table(admin).await?;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use civic_operator::crd::CivicIntegration;
+use civic_testkit::process::proc_status_kib;
 use civic_testkit::secrets::{CLIENT_ID, CLIENT_SECRET, PROFILE_ID};
 use common::{Process, SECRET_NAME, create_namespace};
 use futures_util::{StreamExt, TryStreamExt, stream};
@@ -125,12 +126,7 @@ async fn counts(admin: &Client) -> anyhow::Result<HashMap<String, (i32, i32)>> {
 }
 
 fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+    proc_status_kib(pid, field).with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,8 +267,8 @@ async fn operator_at_scale() -> anyhow::Result<()> {
     }
     let settle_s = op_started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_mib = status_kib(op.pid(), "VmRSS:")? as f64 / 1024.0;
-    let peak_mib = status_kib(op.pid(), "VmHWM:")? as f64 / 1024.0;
+    let rss_mib = status_kib(op.pid(), "VmRSS")? as f64 / 1024.0;
+    let peak_mib = status_kib(op.pid(), "VmHWM")? as f64 / 1024.0;
 
     // Pod changes: an opted-in pod of integration civic-0 in namespace i gets its sidecar.
     let mut change_ms = Vec::new();
@@ -322,7 +318,7 @@ async fn operator_at_scale() -> anyhow::Result<()> {
         .filter(|(k, v)| after.get(*k) != Some(v))
         .count();
     ensure!(op.running(), "the operator exited:\n{}", op.output());
-    let rss_end_mib = status_kib(op.pid(), "VmRSS:")? as f64 / 1024.0;
+    let rss_end_mib = status_kib(op.pid(), "VmRSS")? as f64 / 1024.0;
     op.stop();
 
     println!(

@@ -391,11 +391,7 @@ impl SidecarProcess {
 
     /// Resident set size in KiB (from `/proc`), for footprint checks.
     pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        proc_status_kib(self.child.id(), "VmRSS")
     }
 
     /// Stop the process and fail if its output contains a known secret. Call at the end of
@@ -441,6 +437,16 @@ impl Drop for SidecarProcess {
         }
         self.stop_and_scan();
     }
+}
+
+/// A KiB field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`, ...); `None` if the process or the
+/// field is gone.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 #[cfg(test)]

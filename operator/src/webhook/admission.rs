@@ -19,7 +19,7 @@ use kube::core::{DynamicObject, ResourceExt};
 use super::events::{self, EventSink};
 use super::integrations::IntegrationSource;
 use super::metrics::WebhookMetrics;
-use crate::annotations::{INJECT_ENABLED, INJECT_LABEL};
+use crate::annotations;
 use crate::crd::CivicIntegration;
 use crate::inject::select::{self, Selected, Usable};
 use crate::inject::{self, InjectDefaults};
@@ -134,9 +134,7 @@ impl<S: IntegrationSource> Admission<S> {
         let Some(pod) = request.object.as_ref().filter(|_| is_pod) else {
             return (response, Outcome::Skipped);
         };
-        if request.operation != Operation::Create
-            || pod.labels().get(INJECT_LABEL).map(String::as_str) != Some(INJECT_ENABLED)
-        {
+        if request.operation != Operation::Create || !annotations::opted_in(pod.labels()) {
             return (response, Outcome::Skipped);
         }
         // An already injected pod (a reinvocation) takes the same path: injection verifies

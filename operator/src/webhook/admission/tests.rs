@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::annotations::{INJECT_ENABLED, INJECT_LABEL};
 use crate::webhook::integrations::IntegrationSource;
 
 const PROFILE: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
