@@ -2,32 +2,72 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
+use civic_sidecar::listen::{self, Limits};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
 
-/// Readiness, shared with whatever decides it.
-#[derive(Clone, Debug, Default)]
+type Check = Box<dyn Fn() -> bool + Send + Sync>;
+
+/// Readiness: every registered check passes and the process is not draining. Each part of the
+/// process registers what it needs (the controller: the Lease API answered; the webhook: its
+/// serving certificate and integration cache loaded), so a controller-only replica never waits
+/// for a certificate and a webhook-only one never for a lease.
+#[derive(Clone, Default)]
 pub struct Health {
-    ready: Arc<AtomicBool>,
+    inner: Arc<HealthInner>,
+}
+
+#[derive(Default)]
+struct HealthInner {
+    draining: AtomicBool,
+    checks: RwLock<Vec<(&'static str, Check)>>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("unready", &self.unready())
+            .finish()
+    }
 }
 
 impl Health {
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
+    /// Not ready while `check` fails; `waiting_for` says what is missing in `/readyz`.
+    pub fn require(
+        &self,
+        waiting_for: &'static str,
+        check: impl Fn() -> bool + Send + Sync + 'static,
+    ) {
+        self.inner
+            .checks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((waiting_for, Box::new(check)));
     }
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+
+    /// Not ready from now on: the process is stopping.
+    pub fn drain(&self) {
+        self.inner.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// `None` when ready, else what readiness waits for.
+    pub fn unready(&self) -> Option<&'static str> {
+        if self.inner.draining.load(Ordering::Relaxed) {
+            return Some("draining");
+        }
+        let checks = self.inner.checks.read().unwrap_or_else(|e| e.into_inner());
+        checks.iter().find(|(_, ok)| !ok()).map(|(what, _)| *what)
     }
 }
 
@@ -47,8 +87,13 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Respo
     }
     match req.uri().path() {
         "/livez" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" if health.is_ready() => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+        "/readyz" => match health.unready() {
+            None => text(StatusCode::OK, "ok\n".into()),
+            Some(what) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {what}\n"),
+            ),
+        },
         "/metrics" => Response::builder()
             .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
             .body(Full::new(Bytes::from(metrics.render())))
@@ -57,37 +102,35 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Respo
     }
 }
 
-/// Serves the admin endpoints on `listener` until `shutdown` resolves.
+/// Serves the admin endpoints on `listener` (HTTP/1.1, within [`Limits::ADMIN`]) until
+/// `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     metrics: Metrics,
     health: Health,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let (metrics, health) = (metrics.clone(), health.clone());
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let resp = respond(&req, &metrics, &health);
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+    let limits = Limits::ADMIN;
+    listen::serve(
+        listener,
+        limits,
+        listen::Shutdown::default(),
+        shutdown,
+        Duration::from_secs(1),
+        move |stream, _, conn| {
+            let (metrics, health) = (metrics.clone(), health.clone());
+            async move {
+                let svc = service_fn(move |req| {
+                    let resp = respond(&req, &metrics, &health);
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                let _ = conn
+                    .run(listen::http1(&limits).serve_connection(TokioIo::new(stream), svc))
+                    .await;
+            }
+        },
+    )
+    .await;
 }
 
 #[cfg(test)]
@@ -116,9 +159,34 @@ mod tests {
         }));
 
         assert!(get(addr, "/livez").await.starts_with("HTTP/1.1 200"));
-        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
-        health.set_ready(true);
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        let (cert, cache) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (c, k) = (cert.clone(), cache.clone());
+        health.require("serving certificate", move || c.load(Ordering::Relaxed));
+        health.require("integration cache", move || k.load(Ordering::Relaxed));
+        let not_ready = get(addr, "/readyz").await;
+        assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
+        assert!(
+            not_ready.ends_with("not ready: serving certificate\n"),
+            "{not_ready}"
+        );
+        cert.store(true, Ordering::Relaxed);
+        assert!(
+            get(addr, "/readyz")
+                .await
+                .ends_with("not ready: integration cache\n")
+        );
+        cache.store(true, Ordering::Relaxed);
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        health.drain();
+        assert!(
+            get(addr, "/readyz")
+                .await
+                .ends_with("not ready: draining\n")
+        );
         let m = get(addr, "/metrics").await;
         assert!(m.contains("civic_operator_reconciles_total"), "{m}");
         assert!(get(addr, "/other").await.starts_with("HTTP/1.1 404"));

@@ -1,10 +1,11 @@
-//! Command line: `civic-operator run` (controller; the webhook joins it later), `civic-operator
-//! crd` (print the CRD). Every `run` flag also reads an environment variable, so the chart can
+//! Command line: `civic-operator run` (controller and/or webhook), `civic-operator crd` (print
+//! the CRD), `civic-operator inject`. Every `run` flag also reads an environment variable, so the chart can
 //! set them either way.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -31,7 +32,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the controller (with leader election) and the admin endpoints.
+    /// Run the controller (with leader election), the admission webhook and the admin endpoints
+    /// (`--controller-enabled` / `--webhook-enabled` choose the parts).
     Run(Box<RunArgs>),
     /// Print the CivicIntegration CustomResourceDefinition as YAML.
     Crd,
@@ -111,6 +113,17 @@ pub struct RunArgs {
     /// Longest retry delay.
     #[arg(long, env = "CIVIC_OPERATOR_BACKOFF_MAX", default_value = "5m", value_parser = duration)]
     pub backoff_max: Duration,
+
+    /// Run the CivicIntegration controller (leader-elected). The chart runs the controller and the
+    /// webhook as separate Deployments, so a controller that fails or runs out of memory never
+    /// stops pod admission.
+    #[arg(long, env = "CIVIC_OPERATOR_CONTROLLER_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub controller_enabled: bool,
+
+    /// On SIGTERM the webhook reports not ready but keeps admitting for this long, while the
+    /// apiservers stop sending to this replica; then it stops accepting.
+    #[arg(long, env = "CIVIC_OPERATOR_DRAIN_PERIOD", default_value = "5s", value_parser = duration)]
+    pub drain_period: Duration,
 
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "CIVIC_OPERATOR_LOG", default_value = "info")]
@@ -252,40 +265,58 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         &args.namespace,
         &lease.identity,
         metrics.registry(),
+        &health,
     )
     .await?;
 
-    let shared = Shared {
-        client: client.clone(),
-        probe: Arc::new(ExchangeProbe::new(tls, args.probe_timeout)),
-        probes: Arc::new(ProbeCache::new(
-            args.probe_interval,
-            args.probe_min_interval,
-        )),
-        metrics: metrics.clone(),
-        settings: Settings {
-            resync: args.resync_interval,
-            backoff_base: args.backoff_base,
-            backoff_max: args.backoff_max,
-            ..Settings::default()
-        },
-        identity: lease.identity.clone(),
+    let ended = if args.controller_enabled {
+        let shared = Shared {
+            client: client.clone(),
+            probe: Arc::new(ExchangeProbe::new(tls, args.probe_timeout)),
+            probes: Arc::new(ProbeCache::new(
+                args.probe_interval,
+                args.probe_min_interval,
+            )),
+            metrics: metrics.clone(),
+            settings: Settings {
+                resync: args.resync_interval,
+                backoff_base: args.backoff_base,
+                backoff_max: args.backoff_max,
+                ..Settings::default()
+            },
+            identity: lease.identity.clone(),
+        };
+        let lock = LeaseLock::new(client, lease);
+        let answered = Arc::new(AtomicBool::new(false));
+        let seen = answered.clone();
+        health.require("the Lease API", move || seen.load(Ordering::Relaxed));
+        // The controller stops (and hands the lease over) at once on SIGTERM; the webhook drains.
+        let (_, ended) = leader::run(
+            lock,
+            metrics,
+            move |r| answered.store(r, Ordering::Relaxed),
+            shutdown_signal(),
+            move |gate| controller::run(shared.clone(), gate),
+        )
+        .await;
+        ended
+    } else {
+        tracing::info!("controller disabled: admission webhook only");
+        shutdown_signal().await;
+        Ended::Shutdown
     };
-    let lock = LeaseLock::new(client, lease);
-    let ready = health.clone();
-    let (_, ended) = leader::run(
-        lock,
-        metrics,
-        move |r| ready.set_ready(r),
-        shutdown_signal(),
-        move |gate| controller::run(shared.clone(), gate),
-    )
-    .await;
-    let _ = stop_tx.send(true);
-    let _ = admin.await;
+    health.drain();
     if let Some(webhook) = webhook {
+        tracing::info!(
+            drain_ms = args.drain_period.as_millis() as u64,
+            "draining: not ready, still admitting"
+        );
+        webhook.drain();
+        tokio::time::sleep(args.drain_period).await;
         webhook.stop().await;
     }
+    let _ = stop_tx.send(true);
+    let _ = admin.await;
     match ended {
         Ended::Shutdown => Ok(()),
         Ended::WorkEnded => Err(RunError::ControllerStopped),

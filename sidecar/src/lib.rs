@@ -56,6 +56,7 @@ pub mod guard;
 pub mod halfclose;
 pub mod headers;
 pub mod jwt;
+pub mod listen;
 pub mod metrics;
 pub mod profiles;
 pub mod proxy;

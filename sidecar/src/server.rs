@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
@@ -17,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::exchange::{ExchangeClient, ExchangeError};
+use crate::listen;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::tls::{self, TlsError};
@@ -214,26 +214,28 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 async fn serve_admin(listener: TcpListener, admin: Arc<Admin<ExchangeClient>>) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+    // Stopped by abort at the end of `run`: probes and scrapes need no drain.
+    let limits = listen::Limits::ADMIN;
+    listen::serve(
+        listener,
+        limits,
+        listen::Shutdown::default(),
+        std::future::pending(),
+        Duration::ZERO,
+        move |stream, _, conn| {
+            let admin = admin.clone();
+            async move {
+                let service = service_fn(move |request| {
+                    let response = admin.handle(&request);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let _ = conn
+                    .run(listen::http1(&limits).serve_connection(TokioIo::new(stream), service))
+                    .await;
             }
-        };
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let response = admin.handle(&request);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        },
+    )
+    .await;
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -72,9 +72,16 @@ impl KubeIntegrations {
     }
 }
 
+impl KubeIntegrations {
+    /// Whether the first list has arrived.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+}
+
 impl IntegrationSource for KubeIntegrations {
     fn cached(&self, namespace: &str) -> Option<Vec<Arc<CivicIntegration>>> {
-        if !self.synced.load(Ordering::Acquire) {
+        if !self.is_synced() {
             return None;
         }
         Some(

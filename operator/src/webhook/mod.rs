@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use civic_sidecar::listen;
 use clap::{Args, ValueEnum};
 use kube::Client;
 use prometheus::Registry;
@@ -29,6 +30,7 @@ use self::admission::Admission;
 use self::events::RecorderSink;
 use self::integrations::KubeIntegrations;
 use self::metrics::WebhookMetrics;
+use crate::admin::Health;
 use crate::certs::material::Policy;
 use crate::certs::{self, SelfManaged};
 use crate::inject::SidecarMode;
@@ -250,19 +252,32 @@ async fn detect_mode_retrying(client: &Client) -> Result<SidecarMode, WebhookErr
     }
 }
 
+/// How long requests in flight may take once the webhook stops accepting: past the apiserver's
+/// usual 10 s call timeout a reply is of no use.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// The running webhook.
 pub struct Webhook {
     pub addr: SocketAddr,
     pub mode: SidecarMode,
+    shutdown: listen::Shutdown,
     stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    server: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Webhook {
-    /// Stops serving and the background tasks.
+    /// Asks the open connections to finish and move on; new ones are still admitted (a terminating
+    /// pod keeps receiving calls until every apiserver has seen it leave its Service).
+    pub fn drain(&self) {
+        self.shutdown.drain();
+    }
+
+    /// Stops accepting, lets admissions in flight finish, then stops the background tasks.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        for task in self.tasks {
+        let _ = self.server.await;
+        for task in self.background {
             task.abort();
             let _ = task.await;
         }
@@ -270,13 +285,15 @@ impl Webhook {
 }
 
 /// Starts the webhook (unless disabled): certificates, the integration cache, the listener.
-/// `identity` names this replica in Events; metrics go into `registry`.
+/// `identity` names this replica in Events; metrics go into `registry`; `health` is not ready
+/// until the serving certificate and the integration cache are loaded.
 pub async fn start(
     args: &WebhookArgs,
     client: Client,
     namespace: &str,
     identity: &str,
     registry: &Registry,
+    health: &Health,
 ) -> Result<Option<Webhook>, WebhookError> {
     if !args.webhook_enabled {
         tracing::info!("admission webhook disabled");
@@ -316,6 +333,7 @@ pub async fn start(
         })?;
     let addr = listener.local_addr().unwrap_or(args.webhook_addr);
 
+    let loaded = serving.clone();
     let cert_task = certs::spawn(
         source,
         client.clone(),
@@ -324,6 +342,13 @@ pub async fn start(
         interval,
     );
     let (integrations, cache_task) = KubeIntegrations::start(client.clone());
+    health.require("the webhook's serving certificate", move || {
+        loaded.is_loaded()
+    });
+    let synced = integrations.clone();
+    health.require("the webhook's CivicIntegration cache", move || {
+        synced.is_synced()
+    });
     let events = Arc::new(RecorderSink::new(client, identity.to_owned()));
     let admission = Arc::new(Admission::new(
         integrations,
@@ -333,9 +358,17 @@ pub async fn start(
         args.webhook_lookup_timeout,
     ));
     let (stop, mut stopped) = watch::channel(false);
-    let server_task = tokio::spawn(server::serve(listener, tls, admission, async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    }));
+    let shutdown = listen::Shutdown::default();
+    let server = tokio::spawn(server::serve(
+        listener,
+        tls,
+        admission,
+        shutdown.clone(),
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        },
+        STOP_GRACE,
+    ));
     tracing::info!(
         addr = %addr,
         sidecar_mode = ?mode,
@@ -345,8 +378,10 @@ pub async fn start(
     Ok(Some(Webhook {
         addr,
         mode,
+        shutdown,
         stop,
-        tasks: vec![server_task, cert_task, cache_task],
+        server,
+        background: vec![cert_task, cache_task],
     }))
 }
 

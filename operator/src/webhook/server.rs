@@ -1,5 +1,5 @@
 //! The HTTPS listener of the webhook: rustls (ring) with the hot-swappable serving certificate,
-//! HTTP/1.1 and HTTP/2, `POST /mutate` (and `/inject`, the same handler) and nothing else.
+//! HTTP/2 (by ALPN) and HTTP/1.1, `POST /mutate` (and `/inject`, the same handler) and nothing else.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use civic_sidecar::listen::{self, Limits};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -86,49 +86,73 @@ async fn handle<S: IntegrationSource>(
         .expect("static response parts are valid")
 }
 
-/// Serves the webhook on `listener` until `shutdown` resolves.
+/// Connections the webhook serves at once: the apiserver keeps a few HTTP/2 connections per
+/// replica, so this only bounds what a misbehaving client can hold.
+pub const LIMITS: Limits = Limits {
+    max_connections: 256,
+    header_read_timeout: Duration::from_secs(10),
+};
+
+/// Serves the webhook on `listener` (HTTP/2 when the client's ALPN asks for it, else HTTP/1.1)
+/// within [`LIMITS`] until `stop` resolves, then gives open requests up to `grace`. From
+/// [`listen::Shutdown::drain`] on, connections are asked to finish and HTTP/1.1 answers say
+/// `connection: close`, so the apiserver moves to a replica that stays.
 pub async fn serve<S: IntegrationSource + 'static>(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     admission: Arc<Admission<S>>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: listen::Shutdown,
+    stop: impl Future<Output = ()>,
+    grace: Duration,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhook accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+    let draining = shutdown.clone();
+    listen::serve(
+        listener,
+        LIMITS,
+        shutdown,
+        stop,
+        grace,
+        move |stream, peer, conn| {
+            let (acceptor, admission, draining) =
+                (acceptor.clone(), admission.clone(), draining.clone());
+            async move {
+                let tls =
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "webhook TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let svc = service_fn(move |req| {
+                    let (admission, draining) = (admission.clone(), draining.clone());
+                    async move {
+                        let mut resp = handle(req, admission).await;
+                        if draining.is_draining() {
+                            // HTTP/1.1 only: hyper drops connection headers from HTTP/2 answers.
+                            resp.headers_mut()
+                                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        }
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let io = TokioIo::new(tls);
+                let ended = if h2 {
+                    conn.run(listen::http2().serve_connection(io, svc)).await
+                } else {
+                    conn.run(listen::http1(&LIMITS).serve_connection(io, svc))
+                        .await
+                };
+                if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "webhook connection ended");
                 }
-            },
-        };
-        let (acceptor, admission) = (acceptor.clone(), admission.clone());
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "webhook TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let svc = service_fn(move |req| {
-                let admission = admission.clone();
-                async move { Ok::<_, Infallible>(handle(req, admission).await) }
-            });
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), svc)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "webhook connection ended");
             }
-        });
-    }
+        },
+    )
+    .await;
 }
 
 #[cfg(test)]
