@@ -42,6 +42,7 @@ const REAL_DESCRIPTION: &str = "Whether the integration is usable";
 const OLD_DESCRIPTION: &str = "Previous chart release";
 const EVENTUALLY: Duration = Duration::from_secs(60);
 const OPERATOR_NAME: &str = "chart-operator-0";
+const WEBHOOK_NAME: &str = "chart-webhook-0";
 /// Fixed by the chart, like the Secret below.
 const WEBHOOK_CONFIG: &str = "civic-mcp";
 const WEBHOOK_TLS_SECRET: &str = "civic-mcp-webhook-tls";
@@ -127,11 +128,14 @@ fn copy_dir(src: &Path, dst: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The plain `value` env vars of the operator container in a rendered manifest.
-fn deployment_env(manifest: &str) -> anyhow::Result<BTreeMap<String, String>> {
+/// The plain `value` env vars of the operator container of the `component` Deployment
+/// (`controller` or `webhook`) in a rendered manifest.
+fn deployment_env(manifest: &str, component: &str) -> anyhow::Result<BTreeMap<String, String>> {
     for doc in serde_yaml_ng::Deserializer::from_str(manifest) {
         let v: Value = serde::Deserialize::deserialize(doc)?;
-        if v["kind"] != "Deployment" {
+        if v["kind"] != "Deployment"
+            || v["metadata"]["labels"]["app.kubernetes.io/component"] != component
+        {
             continue;
         }
         let containers = v["spec"]["template"]["spec"]["containers"]
@@ -152,7 +156,7 @@ fn deployment_env(manifest: &str) -> anyhow::Result<BTreeMap<String, String>> {
             })
             .collect());
     }
-    bail!("no Deployment in the release manifest")
+    bail!("no {component} Deployment in the release manifest")
 }
 
 /// `civic-operator run` as the chart configures it; output captured and scanned for secrets.
@@ -160,19 +164,24 @@ fn deployment_env(manifest: &str) -> anyhow::Result<BTreeMap<String, String>> {
 type Operator = Process;
 
 impl Operator {
-    fn start(kubeconfig: &Path, chart_env: &BTreeMap<String, String>) -> anyhow::Result<Self> {
+    /// One pod of a chart Deployment, as the process its env describes; `name` is its pod name.
+    fn start(
+        kubeconfig: &Path,
+        name: &str,
+        chart_env: &BTreeMap<String, String>,
+    ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_civic-operator"));
         cmd.env_clear()
             .envs(chart_env)
             // What the pod would get from the downward API and its kubelet.
             .env("POD_NAMESPACE", NS)
-            .env("POD_NAME", OPERATOR_NAME)
+            .env("POD_NAME", name)
             .env("KUBECONFIG", kubeconfig)
             // Loopback and free ports only on a shared test machine.
             .env("CIVIC_OPERATOR_ADMIN_ADDR", "127.0.0.1:0")
             .env("CIVIC_OPERATOR_WEBHOOK_ADDR", "127.0.0.1:0")
             .arg("run");
-        Process::spawn(OPERATOR_NAME, cmd, "operator-chart.log")
+        Process::spawn(name, cmd, &format!("{name}-chart.log"))
     }
 
     /// The webhook's address, from its "webhook listening" log line.
@@ -322,10 +331,16 @@ async fn helm_install_operator_under_chart_rbac_upgrade_and_uninstall() -> anyho
     let manifest = helm
         .run(&["get", "manifest", RELEASE, "--namespace", NS])
         .await?;
-    let chart_env = deployment_env(&manifest)?;
-    for key in ["CIVIC_OPERATOR_LEASE_NAME", "CIVIC_OPERATOR_SIDECAR_IMAGE"] {
-        ensure!(chart_env.contains_key(key), "the chart sets no {key}");
-    }
+    let controller_env = deployment_env(&manifest, "controller")?;
+    let webhook_env = deployment_env(&manifest, "webhook")?;
+    ensure!(
+        controller_env.contains_key("CIVIC_OPERATOR_LEASE_NAME"),
+        "the chart sets no lease name"
+    );
+    ensure!(
+        webhook_env.contains_key("CIVIC_OPERATOR_SIDECAR_IMAGE"),
+        "the chart sets no sidecar image"
+    );
     let crd = Api::<CustomResourceDefinition>::all(admin.clone())
         .get(CRD_NAME)
         .await?;
@@ -341,7 +356,9 @@ async fn helm_install_operator_under_chart_rbac_upgrade_and_uninstall() -> anyho
     // 2. The operator as the chart's ServiceAccount reconciles an integration to Ready.
     let auth = FakeCivicAuth::start().await?;
     secrets::register_secret(CLIENT_SECRET);
-    let operator = Operator::start(&cluster.write_kubeconfig(&sa_user)?, &chart_env)?;
+    let sa_kubeconfig = cluster.write_kubeconfig(&sa_user)?;
+    let operator = Operator::start(&sa_kubeconfig, OPERATOR_NAME, &controller_env)?;
+    let webhook_replica = Operator::start(&sa_kubeconfig, WEBHOOK_NAME, &webhook_env)?;
     let team: Namespace = serde_json::from_value(json!({"metadata": {"name": TEAM}}))?;
     Api::<Namespace>::all(admin.clone())
         .create(&PostParams::default(), &team)
@@ -393,8 +410,8 @@ async fn helm_install_operator_under_chart_rbac_upgrade_and_uninstall() -> anyho
         filled_ca_bundle(&admin).await
     })
     .await
-    .with_context(|| format!("operator output:\n{}", operator.output()))?;
-    let webhook = operator.webhook_addr().await?;
+    .with_context(|| format!("webhook output:\n{}", webhook_replica.output()))?;
+    let webhook = webhook_replica.webhook_addr().await?;
     ensure!(
         webhook_trusted_by(webhook, &ca_bundle).await?,
         "the webhook's certificate is not valid for {WEBHOOK_DNS_NAME} under the caBundle"
@@ -420,6 +437,7 @@ async fn helm_install_operator_under_chart_rbac_upgrade_and_uninstall() -> anyho
         &helm
             .run(&["get", "manifest", RELEASE, "--namespace", NS])
             .await?,
+        "controller",
     )?;
     ensure!(upgraded_env.get("CIVIC_OPERATOR_LOG").map(String::as_str) == Some("debug"));
     ensure!(
@@ -437,6 +455,7 @@ async fn helm_install_operator_under_chart_rbac_upgrade_and_uninstall() -> anyho
     helm.run(&["uninstall", RELEASE, "--namespace", NS]).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     operator.stop();
+    webhook_replica.stop();
     eventually("nothing left after helm uninstall", EVENTUALLY, || async {
         let left = leftovers(&admin).await?;
         ensure!(left.is_empty(), "still there: {left:?}");

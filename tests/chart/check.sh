@@ -107,8 +107,10 @@ reject() { # $1 value path shown in the error, rest: --set args
     cat "$work/reject.err" >&2; bad "$* failed, but not by the schema"
   fi
 }
-reject replicaCount --set replicaCount=two
-reject replicaCount --set replicaCount=0
+reject webhook.replicas --set webhook.replicas=two
+reject webhook.replicas --set webhook.replicas=0
+reject controller.replicas --set controller.replicas=0
+reject webhook.drainPeriod --set webhook.drainPeriod=soon
 reject webhook.timeoutSeconds --set webhook.timeoutSeconds=10
 reject webhook.failurePolicy --set webhook.failurePolicy=Retry
 reject webhook.certManager.enabled --set-string webhook.certManager.enabled=yes

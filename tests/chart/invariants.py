@@ -54,65 +54,100 @@ def main(render_path, namespace, crd_path):
         elif ns != namespace:
             fail(f"{key} is in namespace {ns!r}, not the release namespace {namespace!r}")
 
-    deploy = one("Deployment")
-    spec = deploy.get("spec", {})
-    pod = spec.get("template", {}).get("spec", {})
-    psc = pod.get("securityContext", {})
-    if psc.get("runAsNonRoot") is not True or psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
-        fail("pod securityContext is not restricted (runAsNonRoot, seccomp RuntimeDefault)")
-    containers = pod.get("containers", []) + pod.get("initContainers", [])
-    env = {}
-    ports = {}
-    for c in containers:
-        sc = c.get("securityContext", {})
-        for k, v in RESTRICTED_CONTAINER.items():
-            if sc.get(k) is not v:
-                fail(f"container {c['name']}: securityContext.{k} must be {v}")
-        if sc.get("capabilities", {}).get("drop") != ["ALL"] or sc.get("capabilities", {}).get("add"):
-            fail(f"container {c['name']}: capabilities must drop ALL and add nothing")
-        if sc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
-            fail(f"container {c['name']}: seccompProfile must be RuntimeDefault")
-        for probe in ("livenessProbe", "readinessProbe"):
-            if probe not in c:
-                fail(f"container {c['name']}: no {probe}")
-        if "resources" not in c:
-            fail(f"container {c['name']}: no resources")
-        for e in c.get("env", []):
-            env[e["name"]] = e.get("value")
-        for p in c.get("ports", []):
-            ports[p["name"]] = p["containerPort"]
-    selector = spec.get("selector", {}).get("matchLabels", {})
-    labels = spec.get("template", {}).get("metadata", {}).get("labels", {})
-    if not selector or any(labels.get(k) != v for k, v in selector.items()):
-        fail("Deployment selector does not match its pod labels")
+    # Two Deployments: the controller and the webhook, apart so that one cannot take the other down.
+    deployments = {}
+    for deploy in objs("Deployment"):
+        component = deploy["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+        if component in deployments:
+            fail(f"two Deployments of component {component!r}")
+        deployments[component] = deploy
+    if set(deployments) != {"controller", "webhook"}:
+        fail(f"expected a controller and a webhook Deployment, found components {sorted(map(str, deployments))}")
+        deployments = {k: deployments.get(k, {}) for k in ("controller", "webhook")}
 
-    sa = pod.get("serviceAccountName")
-    if ("ServiceAccount", sa) not in names:
-        fail(f"Deployment's ServiceAccount {sa!r} is not rendered")
-    bound = any(
-        s.get("kind") == "ServiceAccount" and s.get("name") == sa and s.get("namespace") == namespace
-        for b in objs("ClusterRoleBinding") + objs("RoleBinding")
-        for s in b.get("subjects", [])
-    )
-    if not bound:
-        fail(f"no (Cluster)RoleBinding binds ServiceAccount {sa!r}")
+    envs, portses, pods, selectors = {}, {}, {}, {}
+    for component, deploy in deployments.items():
+        spec = deploy.get("spec", {})
+        pod = spec.get("template", {}).get("spec", {})
+        pods[component] = pod
+        psc = pod.get("securityContext", {})
+        if psc.get("runAsNonRoot") is not True or psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+            fail(f"{component}: pod securityContext is not restricted (runAsNonRoot, seccomp RuntimeDefault)")
+        containers = pod.get("containers", []) + pod.get("initContainers", [])
+        env = envs.setdefault(component, {})
+        ports = portses.setdefault(component, {})
+        for c in containers:
+            sc = c.get("securityContext", {})
+            for k, v in RESTRICTED_CONTAINER.items():
+                if sc.get(k) is not v:
+                    fail(f"{component} container {c['name']}: securityContext.{k} must be {v}")
+            if sc.get("capabilities", {}).get("drop") != ["ALL"] or sc.get("capabilities", {}).get("add"):
+                fail(f"{component} container {c['name']}: capabilities must drop ALL and add nothing")
+            if sc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+                fail(f"{component} container {c['name']}: seccompProfile must be RuntimeDefault")
+            for probe in ("livenessProbe", "readinessProbe"):
+                if probe not in c:
+                    fail(f"{component} container {c['name']}: no {probe}")
+            if "limits" not in c.get("resources", {}) or "memory" not in c["resources"]["limits"]:
+                fail(f"{component} container {c['name']}: no memory limit")
+            for e in c.get("env", []):
+                env[e["name"]] = e.get("value")
+            for p in c.get("ports", []):
+                ports[p["name"]] = p["containerPort"]
+        selector = spec.get("selector", {}).get("matchLabels", {})
+        selectors[component] = selector
+        labels = spec.get("template", {}).get("metadata", {}).get("labels", {})
+        if not selector or any(labels.get(k) != v for k, v in selector.items()):
+            fail(f"{component}: Deployment selector does not match its pod labels")
+        sa = pod.get("serviceAccountName")
+        if ("ServiceAccount", sa) not in names:
+            fail(f"{component}: Deployment's ServiceAccount {sa!r} is not rendered")
+        bound = any(
+            s.get("kind") == "ServiceAccount" and s.get("name") == sa and s.get("namespace") == namespace
+            for b in objs("ClusterRoleBinding") + objs("RoleBinding")
+            for s in b.get("subjects", [])
+        )
+        if not bound:
+            fail(f"{component}: no (Cluster)RoleBinding binds ServiceAccount {sa!r}")
 
-    lease = env.get("CIVIC_OPERATOR_LEASE_NAME")
+    if envs["controller"].get("CIVIC_OPERATOR_WEBHOOK_ENABLED") != "false":
+        fail("the controller Deployment also serves the webhook")
+    if envs["webhook"].get("CIVIC_OPERATOR_CONTROLLER_ENABLED") != "false":
+        fail("the webhook Deployment also runs the controller")
+    if "webhook" in portses["controller"]:
+        fail("the controller exposes a webhook port")
+    lease = envs["controller"].get("CIVIC_OPERATOR_LEASE_NAME")
     if ("Lease", lease) not in names:
-        fail(f"the Lease the operator uses ({lease!r}) is not rendered, so uninstall would leave it")
+        fail(f"the Lease the controller uses ({lease!r}) is not rendered, so uninstall would leave it")
+    # A terminating webhook pod drains, then gives admissions in flight 10 s, inside its grace.
+    drain = envs["webhook"].get("CIVIC_OPERATOR_DRAIN_PERIOD") or "5s"
+    drain_s = float(drain[:-1]) if drain.endswith("s") and not drain.endswith("ms") else None
+    grace = pods["webhook"].get("terminationGracePeriodSeconds", 30)
+    if drain_s is None or drain_s + 10 >= grace:
+        fail(f"webhook drain {drain!r} + 10 s does not fit in terminationGracePeriodSeconds {grace}")
 
-    replicas = spec.get("replicas", 1)
+    env, ports, pod = envs["webhook"], portses["webhook"], pods["webhook"]
+    webhook_replicas = deployments["webhook"].get("spec", {}).get("replicas", 1)
     pdbs = objs("PodDisruptionBudget")
-    if replicas == 1 and pdbs:
+    if webhook_replicas == 1 and pdbs:
         fail("a PodDisruptionBudget with one replica blocks every node drain")
+    for pdb in pdbs:
+        if pdb["spec"]["selector"].get("matchLabels") != selectors["webhook"]:
+            fail(f"PodDisruptionBudget {pdb['metadata']['name']} does not select the webhook pods")
+
+    def selects(service, component):
+        return all(deployments[component].get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {}).get(k) == v
+                   for k, v in service["spec"]["selector"].items())
 
     services = {s["metadata"]["name"]: s for s in objs("Service")}
     for s in services.values():
-        if any(s["spec"]["selector"].get(k) != v for k, v in selector.items()):
-            fail(f"Service {s['metadata']['name']} does not select the operator pods")
-        for p in s["spec"]["ports"]:
-            if p["targetPort"] not in ports:
-                fail(f"Service {s['metadata']['name']} targets unknown port {p['targetPort']!r}")
+        served = [c for c in deployments if selects(s, c)]
+        if not served:
+            fail(f"Service {s['metadata']['name']} selects no operator pods")
+        for c in served:
+            for p in s["spec"]["ports"]:
+                if p["targetPort"] not in portses[c]:
+                    fail(f"Service {s['metadata']['name']} targets port {p['targetPort']!r}, which {c} pods lack")
 
     mwc = one("MutatingWebhookConfiguration")
     if env.get("CIVIC_OPERATOR_WEBHOOK_CONFIG_NAME") != mwc.get("metadata", {}).get("name"):
@@ -145,6 +180,8 @@ def main(render_path, namespace, crd_path):
         target = services.get(svc.get("name"))
         if not target or svc.get("namespace") != namespace:
             fail(f"webhook {n}: clientConfig.service {svc} is not a rendered Service")
+        elif selects(target, "controller"):
+            fail(f"webhook {n}: its Service also sends admissions to the controller pods")
         elif not any(p["port"] == svc.get("port", 443) and p["targetPort"] == "webhook" for p in target["spec"]["ports"]):
             fail(f"webhook {n}: Service port {svc.get('port', 443)} does not reach the webhook port")
         if env.get("CIVIC_OPERATOR_WEBHOOK_SERVICE_NAME") != svc.get("name"):

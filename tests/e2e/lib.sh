@@ -32,7 +32,7 @@ diagnostics() {
   kubectl get civicintegrations -A -o yaml
   kubectl get mutatingwebhookconfigurations -o yaml
   kubectl -n "$OPERATOR_NS" describe pods
-  kubectl -n "$OPERATOR_NS" logs -l app.kubernetes.io/component=operator --all-containers --tail=200 --prefix
+  kubectl -n "$OPERATOR_NS" logs -l app.kubernetes.io/part-of=civic-mcp --all-containers --tail=200 --prefix
   kubectl -n "$APP_NS" describe pods
   kubectl -n "$APP_NS" logs -l app=mcp-client --all-containers --tail=200 --prefix
   kubectl -n "$APP_NS" logs -l app=mcp-job --all-containers --tail=100 --prefix

@@ -7,7 +7,8 @@
 # for --local, docker build for kind) and loads them, installs the chart, deploys the
 # in-cluster fakes of Civic Auth and the hub (TLS with a CA made here), and asserts on running
 # pods:
-#   1. the chart's operator runs as two Ready pods, one of them the leader; CRD established;
+#   1. the chart's controller runs as two Ready pods, one of them the leader, and its webhook as
+#      two Ready pods; CRD established;
 #      the webhook's caBundle filled; `kubectl get civic` shows its columns;
 #   2. a labelled Deployment (two app containers, an existing init container) in a namespace
 #      that enforces the `restricted` Pod Security Standard gets one native sidecar; the app's
@@ -21,9 +22,10 @@
 #      at 80 %, so this check waits about eight minutes, overlapped with the rest of the suite);
 #   5. a Job with the sidecar completes; deleting a pod stops the app first, its open SSE stream
 #      finishes through the sidecar, the sidecar stops last;
-#   6. deleting the leader pod fails over and injection continues; with the operator scaled to
-#      0, labelled pods are refused with a message and unlabelled pods are not; back at 2,
-#      labelled pods are admitted again;
+#   6. deleting the leader pod fails over and injection continues; with the controller scaled to
+#      0 pods are still injected; a rolling restart of the webhook under a steady stream of
+#      admissions loses none; with the webhook at 0, labelled pods are refused with a message and
+#      unlabelled pods are not; back at 2, labelled pods are admitted again;
 #   7. helm upgrade keeps injection working; helm uninstall leaves nothing but the kept CRD;
 #   8. every pod's log, every Event and CivicIntegration is captured for the secret scan
 #      (target/civic-test-logs/e2e-<cluster>/), and --local checks that no node process or pod
@@ -225,13 +227,18 @@ log "helm install"
 helm install "$RELEASE" charts/civic-mcp --namespace "$OPERATOR_NS" --create-namespace \
   -f tests/e2e/values-e2e.yaml --set-file operator.tokenUrlCaBundle="$work/ca.crt" \
   --wait --timeout 5m
-kubectl -n "$OPERATOR_NS" rollout status "deploy/$RELEASE" --timeout=180s
+for d in controller webhook; do
+  kubectl -n "$OPERATOR_NS" rollout status "deploy/$RELEASE-$d" --timeout=180s
+done
 kubectl wait crd/civicintegrations.mcp.civic.com --for=condition=Established --timeout=60s
-operator_pods() {
-  kubectl -n "$OPERATOR_NS" get pods -l app.kubernetes.io/component=operator -o json |
+operator_pods() { # $1 component: controller or webhook; the Ready ones that are not terminating
+  kubectl -n "$OPERATOR_NS" get pods -l "app.kubernetes.io/component=$1" -o json |
     jq -r '[.items[] | select(.metadata.deletionTimestamp == null and
              ([.status.conditions[]? | select(.type == "Ready" and .status == "True")] | length) == 1)
             | .metadata.name] | sort | join(" ")'
+}
+all_pods() { # $1 component: every pod, terminating ones too
+  kubectl -n "$OPERATOR_NS" get pods -l "app.kubernetes.io/component=$1" -o name | wc -l
 }
 leader() {
   kubectl -n "$OPERATOR_NS" get leases -o json |
@@ -239,16 +246,17 @@ leader() {
 }
 two_ready_one_leads() {
   local pods l
-  pods=$(operator_pods)
+  pods=$(operator_pods controller)
   l=$(leader)
-  [ "$(wc -w <<<"$pods")" = 2 ] && [ -n "$l" ] && grep -qw -- "$l" <<<"$pods"
+  [ "$(wc -w <<<"$pods")" = 2 ] && [ -n "$l" ] && grep -qw -- "$l" <<<"$pods" &&
+    [ "$(operator_pods webhook | wc -w)" = 2 ]
 }
-retry 120 2 two_ready_one_leads || die "expected two Ready operator pods and a leader among them (pods: $(operator_pods); leader: $(leader))"
+retry 120 2 two_ready_one_leads || die "expected two Ready controller pods with the leader among them and two Ready webhook pods (controller: $(operator_pods controller); leader: $(leader); webhook: $(operator_pods webhook))"
 ca_bundle_filled() {
   [ -n "$(kubectl get mutatingwebhookconfiguration "$RELEASE" -o jsonpath='{.webhooks[0].clientConfig.caBundle}')" ]
 }
 retry 60 2 ca_bundle_filled || die "the operator did not fill the webhook's caBundle"
-pass "chart installed: operator pods $(operator_pods) Ready, leader $(leader); CRD established; caBundle filled"
+pass "chart installed: controller pods $(operator_pods controller) Ready, leader $(leader); webhook pods $(operator_pods webhook) Ready; CRD established; caBundle filled"
 
 # ---------------------------------------------------------------------------------------------
 log "workload namespace (restricted Pod Security): Secret, CA, CivicIntegration"
@@ -592,7 +600,7 @@ EOF
 }
 injected() { labelled_pod "$1" true 2>/dev/null | jq -e '[.spec.initContainers[]? | select(.name == "civic-sidecar")] | length == 1' >/dev/null; }
 
-log "operator faults: leader failover, scaled to zero, back"
+log "operator faults: leader failover, controller down, webhook rollout under admissions, webhook at zero, back"
 old_leader=$(leader)
 kubectl -n "$OPERATOR_NS" delete pod "$old_leader" --wait=false
 new_leader_elected() { local l; l=$(leader); [ -n "$l" ] && [ "$l" != "$old_leader" ]; }
@@ -600,24 +608,57 @@ retry 120 2 new_leader_elected || die "no new leader after deleting $old_leader"
 retry 60 2 injected probe-failover || die "injection stopped after the failover"
 pass "leader $old_leader deleted: $(leader) took over, injection continues"
 
-kubectl -n "$OPERATOR_NS" scale "deploy/$RELEASE" --replicas=0
-no_operator_pods() { [ "$(kubectl -n "$OPERATOR_NS" get pods -l app.kubernetes.io/component=operator -o name | wc -l)" = 0 ]; }
-retry 120 2 no_operator_pods || die "operator pods still there after scaling to 0"
-refused=$(labelled_pod probe-down true 2>&1) && die "a labelled pod was admitted with no operator: $refused"
+# The controller is not on the admission path: with it gone, pods are injected at the first try.
+kubectl -n "$OPERATOR_NS" scale "deploy/$RELEASE-controller" --replicas=0
+no_controller() { [ "$(all_pods controller)" = 0 ]; }
+retry 120 2 no_controller || die "controller pods still there after scaling to 0"
+injected probe-no-controller || die "a labelled pod was not injected with the controller down"
+pass "controller at 0: labelled pods still injected"
+
+# A rolling restart of the webhook under a steady stream of admissions loses none: each replica
+# reports not ready on SIGTERM and keeps admitting through its drain while kube-proxy moves on.
+kubectl -n "$OPERATOR_NS" rollout restart "deploy/$RELEASE-webhook"
+admitted=0
+roll_start=$SECONDS
+webhook_rolled() {
+  kubectl -n "$OPERATOR_NS" rollout status "deploy/$RELEASE-webhook" --timeout=1s >/dev/null 2>&1 &&
+    [ "$(all_pods webhook)" = 2 ]
+}
+until webhook_rolled && [ "$admitted" -ge 10 ]; do
+  ((SECONDS - roll_start < 240)) || die "the webhook rollout did not finish in 240 s"
+  if out=$(labelled_pod "probe-roll-$admitted" true 2>&1) &&
+    jq -e '[.spec.initContainers[]? | select(.name == "civic-sidecar")] | length == 1' <<<"$out" >/dev/null; then
+    admitted=$((admitted + 1))
+  else
+    die "an admission failed during the webhook rollout (after $admitted): $(head -c 400 <<<"$out")"
+  fi
+done
+pass "webhook rolled (now $(operator_pods webhook)) in $((SECONDS - roll_start)) s: $admitted admissions during it, none lost"
+
+kubectl -n "$OPERATOR_NS" scale "deploy/$RELEASE-webhook" --replicas=0
+no_webhook() { [ "$(all_pods webhook)" = 0 ]; }
+retry 120 2 no_webhook || die "webhook pods still there after scaling to 0"
+refused=$(labelled_pod probe-down true 2>&1) && die "a labelled pod was admitted with no webhook: $refused"
 grep -q 'inject.mcp.civic.com' <<<"$refused" || die "the refusal does not name the webhook: $refused"
-labelled_pod probe-plain false >/dev/null || die "an unlabelled pod was refused with the operator down"
-pass "operator at 0: labelled pod refused ($(head -c 160 <<<"$refused")…), unlabelled pod admitted"
-kubectl -n "$OPERATOR_NS" scale "deploy/$RELEASE" --replicas=2
-kubectl -n "$OPERATOR_NS" rollout status "deploy/$RELEASE" --timeout=180s
+labelled_pod probe-plain false >/dev/null || die "an unlabelled pod was refused with the webhook down"
+pass "webhook at 0: labelled pod refused ($(head -c 160 <<<"$refused")…), unlabelled pod admitted"
+for d in controller webhook; do
+  kubectl -n "$OPERATOR_NS" scale "deploy/$RELEASE-$d" --replicas=2
+done
+for d in controller webhook; do
+  kubectl -n "$OPERATOR_NS" rollout status "deploy/$RELEASE-$d" --timeout=180s
+done
 retry 90 2 injected probe-back || die "labelled pods are not admitted after scaling back"
 retry 120 2 two_ready_one_leads || die "no leader after scaling back"
-pass "operator back at 2 ($(operator_pods), leader $(leader)): labelled pods injected again"
+pass "operator back at 2 + 2 (controller $(operator_pods controller), leader $(leader); webhook $(operator_pods webhook)): labelled pods injected again"
 
 # ---------------------------------------------------------------------------------------------
 log "helm upgrade"
 helm upgrade "$RELEASE" charts/civic-mcp --namespace "$OPERATOR_NS" --reuse-values \
   --set operator.logLevel=debug --wait --timeout 5m
-kubectl -n "$OPERATOR_NS" rollout status "deploy/$RELEASE" --timeout=180s
+for d in controller webhook; do
+  kubectl -n "$OPERATOR_NS" rollout status "deploy/$RELEASE-$d" --timeout=180s
+done
 retry 60 2 ca_bundle_filled || die "caBundle lost in the upgrade"
 # A rolling update under calls: every call made into a pod that was not already on its way out
 # must succeed (a pod picked just before its deletion is skipped, not counted).

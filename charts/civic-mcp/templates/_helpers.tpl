@@ -38,11 +38,16 @@ app.kubernetes.io/part-of: civic-mcp
 {{- end }}
 {{- end }}
 
-{{/* Selector labels of the operator pods (immutable once installed). */}}
+{{/* Labels every pod of the release carries, controller and webhook alike. */}}
 {{- define "civic-mcp.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "civic-mcp.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/component: operator
+{{- end }}
+
+{{/* Selector labels of one Deployment's pods (immutable once installed); argument: (list $ "controller"|"webhook"). */}}
+{{- define "civic-mcp.componentSelectorLabels" -}}
+{{ include "civic-mcp.selectorLabels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 
 {{/* Fixed: rbac.yaml (rendered by plain namespace substitution in the operator's tests) names it. */}}
