@@ -19,7 +19,6 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use rand::Rng;
@@ -36,6 +35,7 @@ use crate::pods;
 use crate::probe::{CredentialProbe, Plan, ProbeCache, ProbeInputs};
 use crate::status::{self, CredentialOutcome, Observed, SecretOutcome};
 use crate::validation::{self, InvalidSpec, Problem};
+use crate::watch;
 
 /// The one field manager for everything the controller applies.
 pub const FIELD_MANAGER: &str = "civic-operator";
@@ -498,86 +498,6 @@ fn integrations_in_namespace(
         .collect()
 }
 
-/// First retry delay of a watch after an error.
-const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(500);
-/// Longest retry delay of a watch.
-const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// Retry delays of the controller's watches after an error: doubling from 500 ms to 5 s with up
-/// to 20% jitter, reset by any event.
-///
-/// kube-runtime's default (client-go's 800 ms … 30 s) sat on the controller's merged trigger
-/// stream, so every error of any watch paused them all: after an apiserver restart the outage's
-/// connection errors, the 403s while its RBAC cache warms up and the 410s of the expired watches
-/// added up, and the pod and Secret triggers (and the pod cache, filled as its stream is polled)
-/// stayed paused for 30 s or more after the apiserver was back. Now each watch backs off on its
-/// own ([`objects_only`]); three watches of one leader retrying every 5 s burden no apiserver.
-#[derive(Clone, Debug)]
-pub struct WatchBackoff {
-    next: Duration,
-}
-
-impl Default for WatchBackoff {
-    fn default() -> Self {
-        Self {
-            next: WATCH_BACKOFF_MIN,
-        }
-    }
-}
-
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let d = self.next;
-        self.next = (d * 2).min(WATCH_BACKOFF_MAX);
-        Some(d.mul_f64(rand::rng().random_range(1.0..1.2)))
-    }
-}
-
-impl Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.next = WATCH_BACKOFF_MIN;
-    }
-}
-
-/// Drops a watch's 410 Gone before its backoff sees it: the watcher is already relisting, and an
-/// expired resource version is the apiserver's normal request to do so (after a restart, or a
-/// compaction), not a failure to wait out.
-pub fn relist_at_once<S, T>(
-    watch: &'static str,
-    stream: S,
-) -> impl futures_util::Stream<Item = Result<T, watcher::Error>>
-where
-    S: futures_util::Stream<Item = Result<T, watcher::Error>>,
-{
-    stream.filter(move |item| {
-        let expired = matches!(item, Err(watcher::Error::WatchError(s)) if s.code == 410);
-        if expired {
-            tracing::debug!(watch, "watch expired (410 Gone): relisting");
-        }
-        futures_util::future::ready(!expired)
-    })
-}
-
-/// Passes a watch's objects on and only logs its errors: each watch retries by itself after its
-/// own [`WatchBackoff`]. Errors reaching the controller's merged trigger stream would pause every
-/// watch at once (its backoff is shared), one pause per error of any watch.
-fn objects_only<T>(
-    watch: &'static str,
-    stream: impl futures_util::Stream<Item = Result<T, watcher::Error>>,
-) -> impl futures_util::Stream<Item = Result<T, watcher::Error>> {
-    stream.filter_map(move |item| {
-        futures_util::future::ready(match item {
-            Ok(obj) => Some(Ok(obj)),
-            Err(e) => {
-                tracing::debug!(watch, error = %e, "watch error; retrying");
-                None
-            }
-        })
-    })
-}
-
 /// Drops what the controller never reads from its cached integrations: field-manager records
 /// and `kubectl apply`'s copy of the object, together most of a stored object's size.
 fn trim_integration(obj: &mut CivicIntegration) {
@@ -593,14 +513,13 @@ pub async fn run(shared: Shared, leader: LeaderGate) {
     let ctx = Arc::new(Context::new(shared, pod_index, leader));
     let (store, writer) = reflector::store();
     let forget = ctx.clone();
-    let integrations = relist_at_once(
+    let integrations = watch::resilient(
         "civicintegrations",
         watcher(
             Api::<CivicIntegration>::all(client.clone()),
             watcher::Config::default().any_semantic(),
         ),
     )
-    .backoff(WatchBackoff::default())
     .modify(trim_integration)
     .reflect(writer)
     .inspect(move |event| {
@@ -610,28 +529,27 @@ pub async fn run(shared: Shared, leader: LeaderGate) {
     })
     .applied_objects();
     let controller = Controller::for_stream(
-        objects_only("civicintegrations", integrations),
+        watch::objects_only("civicintegrations", integrations),
         store.clone(),
     )
     .with_config(ControllerConfig::default().concurrency(CONCURRENCY));
     // Metadata only: the controller never caches Secret contents.
-    let secret_changes = relist_at_once(
+    let secret_changes = watch::resilient(
         "secrets",
         watcher(
             Api::<PartialObjectMeta<Secret>>::all(client.clone()),
             watcher::Config::default().any_semantic(),
         ),
     )
-    .backoff(WatchBackoff::default())
     .touched_objects();
 
     let secret_store = store.clone();
     let pod_store_refs = store;
     controller
-        .watches_stream(objects_only("secrets", secret_changes), move |s| {
+        .watches_stream(watch::objects_only("secrets", secret_changes), move |s| {
             integrations_using(&secret_store, &s)
         })
-        .watches_stream(objects_only("pods", pod_changes), move |p| {
+        .watches_stream(watch::objects_only("pods", pod_changes), move |p| {
             integrations_in_namespace(&pod_store_refs, &p)
         })
         .run(reconcile, error_policy, ctx)

@@ -17,6 +17,7 @@ pub mod probe;
 pub mod status;
 pub mod telemetry;
 pub mod validation;
+pub mod watch;
 pub mod webhook;
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 use futures_util::{Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::{PartialObjectMeta, PartialObjectMetaExt, SelectorExt};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 
@@ -246,19 +246,17 @@ pub fn watch(
     let config = watcher::Config::default()
         .labels(&annotations::opted_in_selector())
         .fields(LIVE_PHASES);
-    let stream = crate::controller::relist_at_once("pods", watcher(api, config))
-        .backoff(crate::controller::WatchBackoff::default())
-        .flat_map(move |event| {
-            let triggers: Vec<_> = match event {
-                Ok(event) => writer
-                    .apply(event)
-                    .into_iter()
-                    .map(|ns| Ok(namespace_trigger(ns)))
-                    .collect(),
-                Err(e) => vec![Err(e)],
-            };
-            stream::iter(triggers)
-        });
+    let stream = crate::watch::resilient("pods", watcher(api, config)).flat_map(move |event| {
+        let triggers: Vec<_> = match event {
+            Ok(event) => writer
+                .apply(event)
+                .into_iter()
+                .map(|ns| Ok(namespace_trigger(ns)))
+                .collect(),
+            Err(e) => vec![Err(e)],
+        };
+        stream::iter(triggers)
+    });
     (index, stream)
 }
 

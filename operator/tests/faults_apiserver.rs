@@ -167,14 +167,26 @@ async fn apiserver_restart_and_expired_watches_are_survived() -> anyhow::Result<
     let token_url = env.auth.token_url();
     put_secret(&admin, CLIENT_SECRET).await?;
     create_integration(&admin, integration(CI_NAME, &token_url)).await?;
+    // The webhook runs too, for its own two watches (its integration cache and the webhook
+    // configuration); the chart creates its TLS Secret empty.
+    let empty: Secret = serde_json::from_value(json!({
+        "metadata": {"name": CERT_SECRET, "namespace": OPERATOR_NS}, "type": "Opaque",
+    }))?;
+    Api::<Secret>::namespaced(admin.clone(), OPERATOR_NS)
+        .create(&PostParams::default(), &empty)
+        .await?;
     // A long lease: the operator keeps leading through the restart, so its controller (and its
     // watches) live on and must resume rather than start afresh.
     let op = Operator::start(
         &env,
         "restart",
         &[
-            "--webhook-enabled",
-            "false",
+            "--webhook-addr",
+            "127.0.0.1:0",
+            "--webhook-config-name",
+            WEBHOOK_CONFIG,
+            "--sidecar-image",
+            "ghcr.io/civic-mcp/civic-sidecar:test",
             "--lease-duration",
             "90s",
             "--lease-renew-deadline",
@@ -311,7 +323,13 @@ async fn apiserver_restart_and_expired_watches_are_survived() -> anyhow::Result<
     // status changes above can come from the reconcile's own reads, and a watch may still be in
     // its backoff (≤ 6 s) after the restarted apiserver answered 403 while its RBAC caches
     // warmed up.
-    let watches = ["civicintegrations", "secrets", "pods"];
+    let watches = [
+        "civicintegrations",
+        "secrets",
+        "pods",
+        "webhook-civicintegrations",
+        "webhook-configuration",
+    ];
     eventually("every watch relisted", Duration::from_secs(15), || {
         let after = op.output_since(lines_before);
         let relisted = |watch: &str| {

@@ -6,7 +6,12 @@
 //! - `settle_s`: from the operator's start until every integration reports its pod counts;
 //! - `rss_mib` / `peak_mib`: the operator's resident memory then, and its high-water mark;
 //! - `change_ms`: how long a pod change takes to show in its integration's status (each sample);
-//! - `resync_writes`: status writes during two resync periods with nothing changed.
+//! - `resync_writes`: status writes during two resync periods with nothing changed;
+//! - admission at scale: `CIVIC_SCALE_ADMISSIONS` (1,000) labelled pods created through the
+//!   apiserver in 20 s (paced, the webhook called by the apiserver over TLS): `admission_errors`
+//!   (any answer but 201 with the sidecar), `create_ms` (p50/p99 of each creation, client side)
+//!   and `handler_le_ms` (share of admissions the webhook answered within 1, 2.5 and 5 ms, from
+//!   its `civic_operator_admission_duration_seconds` buckets).
 //!
 //! Size: `CIVIC_SCALE_PODS` (50,000), `CIVIC_SCALE_NAMESPACES` (500), `CIVIC_SCALE_OPTED_IN`
 //! (5,000), `CIVIC_SCALE_INTEGRATIONS` (1,000); binary: `CIVIC_SCALE_OPERATOR_BIN`.
@@ -24,6 +29,7 @@ use civic_testkit::process::proc_status_kib;
 use civic_testkit::secrets::{CLIENT_ID, CLIENT_SECRET, PROFILE_ID};
 use common::{Process, SECRET_NAME, create_namespace};
 use futures_util::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -37,6 +43,8 @@ const RESYNC: Duration = Duration::from_secs(5);
 const CHANGES: usize = 5;
 /// Opted-in pods are spread over this many apps, one per integration of a namespace.
 const APPS_PER_NAMESPACE: usize = 2;
+/// The admission phase's pace: all its pod creations within this.
+const ADMISSION_WINDOW: Duration = Duration::from_secs(20);
 
 fn size(var: &str, default: usize) -> usize {
     std::env::var(var)
@@ -247,6 +255,12 @@ async fn operator_at_scale() -> anyhow::Result<()> {
             "127.0.0.1:0",
             "--webhook-addr",
             "127.0.0.1:0",
+            "--webhook-extra-san",
+            "127.0.0.1",
+            "--webhook-config-name",
+            common::WEBHOOK_CONFIG,
+            "--sidecar-image",
+            "ghcr.io/civic-mcp/civic-sidecar:bench",
         ])
         .args(["--resync-interval", &format!("{}s", RESYNC.as_secs())])
         .args(["--probe-interval", "1h", "--probe-min-interval", "1ms"]);
@@ -319,6 +333,9 @@ async fn operator_at_scale() -> anyhow::Result<()> {
         .count();
     ensure!(op.running(), "the operator exited:\n{}", op.output());
     let rss_end_mib = status_kib(op.pid(), "VmRSS")? as f64 / 1024.0;
+
+    let admissions = size("CIVIC_SCALE_ADMISSIONS", 1_000);
+    let admitted = admission_at_scale(&admin, &op, namespaces, admissions).await?;
     op.stop();
 
     println!(
@@ -331,7 +348,135 @@ async fn operator_at_scale() -> anyhow::Result<()> {
             "rss_mib": rss_mib.round(), "peak_mib": peak_mib.round(),
             "rss_end_mib": rss_end_mib.round(),
             "change_ms": change_ms, "resync_writes": resync_writes,
+            "admissions": admissions, "admission_errors": admitted.errors,
+            "create_ms": {"p50": admitted.p50_ms, "p99": admitted.p99_ms},
+            "handler_le_ms": admitted.handler_within,
         })
     );
     Ok(())
+}
+
+/// What the admission phase measured.
+struct Admitted {
+    errors: usize,
+    p50_ms: u64,
+    p99_ms: u64,
+    /// Share of reviews answered within 1, 2.5 and 5 ms.
+    handler_within: Value,
+}
+
+/// Points the chart's webhook configuration at `op`, then creates `count` labelled pods (app
+/// `agent-0`, so integration `civic-0` of their namespace injects them) spread over the window.
+async fn admission_at_scale(
+    admin: &Client,
+    op: &Process,
+    namespaces: usize,
+    count: usize,
+) -> anyhow::Result<Admitted> {
+    let webhook = op
+        .logged_addr("webhook listening", Duration::from_secs(30))
+        .await?;
+    let metrics = op
+        .logged_addr("admin endpoints listening", Duration::from_secs(30))
+        .await?;
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": common::CERT_SECRET, "namespace": common::OPERATOR_NS},
+        "type": "Opaque",
+    }))?;
+    Api::<Secret>::namespaced(admin.clone(), common::OPERATOR_NS)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": common::WEBHOOK_CONFIG},
+        "webhooks": [{
+            "name": "inject.mcp.civic.com",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Fail",
+            "timeoutSeconds": 5,
+            "reinvocationPolicy": "IfNeeded",
+            "objectSelector": {"matchLabels": {"mcp.civic.com/inject": "enabled"}},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                       "resources": ["pods"], "scope": "Namespaced"}],
+            "clientConfig": {"url": format!("https://{webhook}/mutate")},
+        }],
+    }))?;
+    Api::<MutatingWebhookConfiguration>::all(admin.clone())
+        .create(&PostParams::default(), &config)
+        .await?;
+    common::eventually("the first admission", Duration::from_secs(120), || async {
+        let pod = pod("warm-up", "agent-0", true)?;
+        let created = Api::<Pod>::namespaced(admin.clone(), &ns_name(0))
+            .create(&PostParams::default(), &pod)
+            .await;
+        Ok(created.ok().filter(injected).map(|_| ()))
+    })
+    .await?;
+    let before = handler_buckets(metrics).await?;
+
+    let gap = ADMISSION_WINDOW / u32::try_from(count.max(1))?;
+    let started = Instant::now();
+    let creations = (0..count).map(|i| {
+        let admin = admin.clone();
+        async move {
+            tokio::time::sleep_until((started + gap * u32::try_from(i)?).into()).await;
+            let t = Instant::now();
+            let created = Api::<Pod>::namespaced(admin, &ns_name(i % namespaces))
+                .create(
+                    &PostParams::default(),
+                    &pod(&format!("admitted-{i}"), "agent-0", true)?,
+                )
+                .await;
+            let ms = t.elapsed().as_millis() as u64;
+            anyhow::Ok((created.ok().filter(injected).is_some(), ms))
+        }
+    });
+    let results: Vec<(bool, u64)> = stream::iter(creations)
+        .buffer_unordered(count.max(1))
+        .try_collect()
+        .await?;
+    let took = started.elapsed();
+    ensure!(
+        took < ADMISSION_WINDOW * 2,
+        "{count} creations took {took:?}"
+    );
+    let after = handler_buckets(metrics).await?;
+    let mut ms: Vec<u64> = results.iter().map(|r| r.1).collect();
+    ms.sort_unstable();
+    let pct = |p: f64| ms[((ms.len() as f64 * p) as usize).min(ms.len() - 1)];
+    let reviews = after.last().map_or(0.0, |b| b.1) - before.last().map_or(0.0, |b| b.1);
+    let within = |le: &str| {
+        let n = |v: &[(String, f64)]| v.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1);
+        ((n(&after) - n(&before)) / reviews.max(1.0) * 1000.0).round() / 1000.0
+    };
+    Ok(Admitted {
+        errors: results.iter().filter(|r| !r.0).count(),
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        handler_within: json!({"1": within("0.001"), "2.5": within("0.0025"), "5": within("0.005")}),
+    })
+}
+
+fn injected(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| {
+        s.init_containers
+            .iter()
+            .flatten()
+            .chain(&s.containers)
+            .any(|c| c.name == "civic-sidecar")
+    })
+}
+
+/// The cumulative `le` buckets of the webhook's handler histogram, `+Inf` last.
+async fn handler_buckets(admin: std::net::SocketAddr) -> anyhow::Result<Vec<(String, f64)>> {
+    let text = common::metrics_text(admin).await?;
+    let prefix = "civic_operator_admission_duration_seconds_bucket{le=\"";
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(prefix)?;
+            let (le, value) = rest.split_once("\"} ")?;
+            Some((le.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect())
 }

@@ -240,8 +240,7 @@ fn reason_label(why: &str) -> &'static str {
 async fn watch_config(client: Client, name: String, changed: Arc<Notify>) {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = watcher(api, config)
-        .default_backoff()
+    let mut events = crate::watch::resilient("webhook-configuration", watcher(api, config))
         .applied_objects()
         .boxed();
     while let Some(event) = events.next().await {

@@ -39,11 +39,13 @@ impl KubeIntegrations {
     pub fn start(client: Client) -> (Self, JoinHandle<()>) {
         let (store, writer) = reflector::store();
         let synced = Arc::new(AtomicBool::new(false));
-        let stream = watcher(
-            Api::<CivicIntegration>::all(client.clone()),
-            watcher::Config::default().any_semantic(),
+        let stream = crate::watch::resilient(
+            "webhook-civicintegrations",
+            watcher(
+                Api::<CivicIntegration>::all(client.clone()),
+                watcher::Config::default().any_semantic(),
+            ),
         )
-        .default_backoff()
         .reflect(writer)
         .applied_objects();
         let (reader, flag) = (store.clone(), synced.clone());
