@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use civic_sidecar::backoff::{Backoff, Jitter};
 use civic_sidecar::exchange::{ClientCredentials, CredentialVerdict};
 use civic_sidecar::secret::Secret as SecretValue;
 use futures_util::StreamExt;
@@ -21,7 +22,6 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use rand::Rng;
 use serde_json::json;
 use tokio::time::Instant;
 use url::Url;
@@ -195,7 +195,12 @@ pub fn error_policy(obj: Arc<CivicIntegration>, error: &Error, ctx: Arc<Context>
     let key = key_of(&obj);
     let failures = ctx.bump_failures(&key);
     let s = &ctx.shared.settings;
-    let delay = backoff(s.backoff_base, s.backoff_max, failures);
+    let delay = Backoff {
+        base: s.backoff_base,
+        max: s.backoff_max,
+        jitter: Jitter::Up20,
+    }
+    .delay(failures);
     let delay = error
         .retry_after()
         .map_or(delay, |ra| ra.min(s.backoff_max).max(delay));
@@ -207,13 +212,6 @@ pub fn error_policy(obj: Arc<CivicIntegration>, error: &Error, ctx: Arc<Context>
         "reconcile failed"
     );
     Action::requeue(delay)
-}
-
-/// `base · 2^(n-1)`, capped, with up to 20% jitter so retries of many objects spread out.
-pub fn backoff(base: Duration, max: Duration, failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(20);
-    let d = base.saturating_mul(1u32 << exp).min(max);
-    d.mul_f64(rand::rng().random_range(1.0..1.2)).min(max)
 }
 
 /// What the Secret stage read.

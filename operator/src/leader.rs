@@ -14,7 +14,6 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Api;
 use kube::api::PostParams;
-use rand::Rng;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, timeout};
 
@@ -246,10 +245,6 @@ pub enum Ended {
     WorkEnded,
 }
 
-fn jittered(d: Duration) -> Duration {
-    d.mul_f64(rand::rng().random_range(1.0..1.2))
-}
-
 /// Campaigns for the lease and runs `lead()` (spawned) while holding it. On losing the lease the
 /// work is aborted and awaited *before* the gate flips back, then campaigning resumes; on
 /// `shutdown` the work stops and the lease is released.
@@ -289,7 +284,7 @@ where
             }
             tokio::select! {
                 _ = &mut shutdown => return (gate, Ended::Shutdown),
-                _ = sleep(jittered(s.retry_period)) => {}
+                _ = sleep(civic_sidecar::backoff::jittered(s.retry_period)) => {}
             }
         }
 

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
+use civic_sidecar::backoff::{Jitter, Retries};
 use futures_util::{Stream, StreamExt};
 use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, watcher};
-use rand::Rng;
 
 /// A watcher stream as every watch here runs it: [`relist_at_once`] on 410 Gone, then
 /// [`WatchBackoff`] between retries. `watch` names it in logs.
@@ -22,13 +22,8 @@ where
     relist_at_once(watch, stream).backoff(WatchBackoff::default())
 }
 
-/// First retry delay of a watch after an error.
-const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(500);
-/// Longest retry delay of a watch.
-const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
-
 /// Retry delays of every watch after an error: doubling from 500 ms to 5 s with up
-/// to 20% jitter, reset by any event.
+/// to 20% jitter ([`civic_sidecar::backoff`]), reset by any event.
 ///
 /// kube-runtime's default (client-go's 800 ms … 30 s) sat on the controller's merged trigger
 /// stream, so every error of any watch paused them all: after an apiserver restart the outage's
@@ -38,15 +33,18 @@ const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// own ([`objects_only`]); a handful of watches per process retrying every 5 s burden no
 /// apiserver.
 #[derive(Clone, Debug)]
-pub struct WatchBackoff {
-    next: Duration,
-}
+pub struct WatchBackoff(Retries);
 
 impl Default for WatchBackoff {
     fn default() -> Self {
-        Self {
-            next: WATCH_BACKOFF_MIN,
-        }
+        Self(
+            civic_sidecar::backoff::Backoff {
+                base: Duration::from_millis(500),
+                max: Duration::from_secs(5),
+                jitter: Jitter::Up20,
+            }
+            .retries(),
+        )
     }
 }
 
@@ -54,15 +52,13 @@ impl Iterator for WatchBackoff {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
-        let d = self.next;
-        self.next = (d * 2).min(WATCH_BACKOFF_MAX);
-        Some(d.mul_f64(rand::rng().random_range(1.0..1.2)))
+        self.0.next()
     }
 }
 
 impl Backoff for WatchBackoff {
     fn reset(&mut self) {
-        self.next = WATCH_BACKOFF_MIN;
+        self.0.reset();
     }
 }
 

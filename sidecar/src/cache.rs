@@ -14,6 +14,7 @@
 //!   the backoff ends.
 //! - **Bounded**: at most `capacity` entries; the least recently used goes first.
 
+use crate::backoff::{Backoff, Jitter};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -117,37 +118,13 @@ impl CacheError {
     }
 }
 
-/// Exponential backoff with equal jitter, never shorter than the server's `Retry-After`.
-#[derive(Clone, Copy, Debug)]
-pub struct Backoff {
-    /// Delay after the first failure (before jitter).
-    pub base: Duration,
-    /// Largest delay (before `Retry-After`).
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(60),
-        }
-    }
-}
-
-impl Backoff {
-    /// Delay before attempt `failures + 1`: `d/2 + rand(0..=d/2)` with `d = min(max, base·2^(n−1))`,
-    /// raised to `retry_after`.
-    pub fn delay(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1u32 << failures.saturating_sub(1).min(20))
-            .min(self.max);
-        let half = exp / 2;
-        let jitter = half.mul_f64(rand::random::<f64>());
-        (half + jitter).max(retry_after.unwrap_or_default())
-    }
-}
+/// Backoff of failed exchanges (raised to the server's `Retry-After`): equal jitter, so sidecars
+/// that failed together against one Civic Auth spread their retries.
+pub const EXCHANGE_BACKOFF: Backoff = Backoff {
+    base: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+    jitter: Jitter::Equal,
+};
 
 type Flight = Shared<BoxFuture<'static, Result<Arc<CachedToken>, CacheError>>>;
 
@@ -435,7 +412,9 @@ impl<E: Exchange> TokenCache<E> {
                         .with_label_values(&[error.category(), &profile])
                         .inc();
                     state.failures = state.failures.saturating_add(1);
-                    let delay = backoff.delay(state.failures, error.retry_after());
+                    let delay = backoff
+                        .delay(state.failures)
+                        .max(error.retry_after().unwrap_or_default());
                     let retry_at = Instant::now() + delay;
                     let serving = state
                         .token
@@ -553,7 +532,7 @@ mod tests {
         Arc::new(TokenCache::new(
             fake.clone(),
             capacity,
-            Backoff::default(),
+            EXCHANGE_BACKOFF,
             Arc::new(Metrics::new()),
         ))
     }
@@ -732,21 +711,6 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         cache.get(&K, "default", inputs).await.unwrap();
         assert_eq!(fake.calls(), 2);
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_and_cap() {
-        let b = Backoff::default();
-        for n in 1..=12u32 {
-            let d = b.delay(n, None);
-            let full = Duration::from_secs(1u64 << (n - 1)).min(Duration::from_secs(60));
-            assert!(d >= full / 2 && d <= full, "n={n} d={d:?}");
-        }
-        assert_eq!(
-            b.delay(1, Some(Duration::from_secs(90))),
-            Duration::from_secs(90)
-        );
-        assert!(b.delay(u32::MAX, None) <= Duration::from_secs(60));
     }
 
     #[tokio::test(start_paused = true)]

@@ -46,6 +46,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod backoff;
 pub mod body;
 pub mod cache;
 pub mod config;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::time::Instant;
 
-use crate::cache::{self, Backoff, CacheError, CachedToken, Key, TokenCache};
+use crate::cache::{self, CacheError, CachedToken, EXCHANGE_BACKOFF, Key, TokenCache};
 use crate::config::{Config, SubjectMode};
 use crate::exchange::{ClientCredentials, Exchange, ExchangeRequest};
 use crate::metrics::Metrics;
@@ -175,7 +175,7 @@ impl<E: Exchange> TokenSource<E> {
                 lock_profile: config.profile_lock,
                 expires_in: config.token_ttl_seconds,
                 scope: config.scope.clone(),
-                cache: TokenCache::new(exchanger, capacity, Backoff::default(), metrics),
+                cache: TokenCache::new(exchanger, capacity, EXCHANGE_BACKOFF, metrics),
             })),
         }
     }

@@ -23,7 +23,7 @@ use crate::error::{BenchError, Result};
 use crate::openloop::{self, Outcome, Spec};
 use crate::sidecar::{Subject, TokenCounters};
 
-/// Backoff of the sidecar's token cache (`civic_sidecar::cache::Backoff::default()`): the delay
+/// Backoff of the sidecar's token cache (`civic_sidecar::cache::EXCHANGE_BACKOFF`): the delay
 /// after the n-th consecutive failure is at least half of `min(MAX, BASE · 2^(n−1))`.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);

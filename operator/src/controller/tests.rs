@@ -487,16 +487,3 @@ async fn a_failed_event_does_not_fail_the_reconcile() {
     }
     assert!(run.await.unwrap().is_ok());
 }
-
-#[test]
-fn backoff_doubles_and_caps() {
-    let base = Duration::from_secs(1);
-    let max = Duration::from_secs(60);
-    for (n, lo) in [(1, 1), (2, 2), (3, 4), (7, 60), (40, 60)] {
-        let d = backoff(base, max, n);
-        assert!(
-            d >= Duration::from_secs(lo).min(max) && d <= max,
-            "{n}: {d:?}"
-        );
-    }
-}

@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use civic_sidecar::backoff::{Backoff, Jitter};
 use civic_sidecar::listen;
 use clap::{Args, ValueEnum};
 use kube::Client;
@@ -238,14 +239,19 @@ pub async fn detect_mode(client: &Client) -> Result<SidecarMode, WebhookError> {
 /// `failurePolicy: Fail` webhook into CrashLoopBackOff, down for up to 5 min after the apiserver
 /// is back.
 async fn detect_mode_retrying(client: &Client) -> Result<SidecarMode, WebhookError> {
-    let mut delay = std::time::Duration::from_millis(500);
+    let mut retries = Backoff {
+        base: Duration::from_millis(500),
+        max: Duration::from_secs(10),
+        jitter: Jitter::None,
+    }
+    .retries();
     loop {
         match detect_mode(client).await {
             Err(WebhookError::Version(e)) => {
+                let delay = retries.next().unwrap_or(Duration::from_secs(10));
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64,
                     "reading the apiserver version failed; retrying");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(10));
             }
             other => return other,
         }
