@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 
 /// Why a TLS client configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +53,7 @@ pub fn client_config(extra_roots_pem: Option<&[u8]>) -> Result<Arc<ClientConfig>
 
 /// Parses every `CERTIFICATE` block of a PEM bundle; at least one is required.
 pub fn parse_pem_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let mut reader = pem;
-    let certs = rustls_pemfile::certs(&mut reader)
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::InvalidPem(e.to_string()))?;
     if certs.is_empty() {
