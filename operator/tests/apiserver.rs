@@ -60,8 +60,9 @@ impl Operator {
             .env("POD_NAME", name)
             .env("CIVIC_OPERATOR_TOKEN_URL_CA_FILE", ca_file)
             .args(["run", "--admin-addr", "127.0.0.1:0"])
-            // Several replicas per test on one machine: the webhook on a free loopback port.
-            .args(["--webhook-addr", "127.0.0.1:0"])
+            // The controller alone, as the chart's controller Deployment runs it (the webhook has
+            // its own tiers).
+            .args(["--webhook-enabled", "false"])
             .args(["--lease-duration", "4s", "--lease-renew-deadline", "3s"])
             .args(["--lease-retry-period", "500ms", "--resync-interval", "1s"])
             .args(["--probe-interval", "1h", "--probe-min-interval", "200ms"])

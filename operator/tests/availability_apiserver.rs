@@ -15,27 +15,18 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context as _, ensure};
-use civic_operator::crd::CivicIntegration;
-use civic_testkit::apiserver::KubeApiServer;
-use civic_testkit::auth::FakeCivicAuth;
-use civic_testkit::secrets::{self, CLIENT_ID, CLIENT_SECRET};
-use common::{
-    CERT_SECRET, OPERATOR_NS, Process, SA_NAME, TEAM, WEBHOOK_CONFIG, apply_all, chart_rbac,
-    eventually_slowly as eventually,
-};
+use anyhow::ensure;
+use civic_testkit::secrets::{CLIENT_ID, CLIENT_SECRET, PROFILE_ID};
+use common::{Env, OPERATOR_NS, Process, TEAM, apply_all, eventually_slowly as eventually};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
 use kube::api::{Api, PostParams};
-use kube::{Client, CustomResourceExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
 const EVENTUALLY: Duration = Duration::from_secs(60);
@@ -45,23 +36,19 @@ const DRAIN: Duration = Duration::from_secs(2);
 
 type Operator = Process;
 
-fn operator(kubeconfig: &Path, name: &str, flags: &[&str]) -> anyhow::Result<Operator> {
+/// `civic-operator run` as `name`, authenticated as the chart's ServiceAccount, trusting the
+/// fake Civic Auth's CA.
+fn operator(env: &Env, name: &str, flags: &[&str]) -> anyhow::Result<Operator> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_civic-operator"));
     cmd.env_clear()
-        .env("KUBECONFIG", kubeconfig)
+        .env("KUBECONFIG", &env.kubeconfig)
+        .env("CIVIC_OPERATOR_TOKEN_URL_CA_FILE", env.ca.ca_file())
         .env("POD_NAMESPACE", OPERATOR_NS)
         .env("POD_NAME", name)
         .env("CIVIC_OPERATOR_LOG", "info,civic_operator=debug")
         .args(["run", "--admin-addr", "127.0.0.1:0"])
-        .args([
-            "--webhook-addr",
-            "127.0.0.1:0",
-            "--webhook-extra-san",
-            "127.0.0.1",
-        ])
-        .args(["--webhook-config-name", WEBHOOK_CONFIG])
+        .args(common::LOOPBACK_WEBHOOK)
         .args(["--webhook-cert-check-interval", "1s"])
-        .args(["--sidecar-image", "ghcr.io/civic-mcp/civic-sidecar:test"])
         .args(["--drain-period", &format!("{}ms", DRAIN.as_millis())])
         .args(["--lease-duration", "4s", "--lease-renew-deadline", "3s"])
         .args(["--lease-retry-period", "500ms", "--resync-interval", "2s"])
@@ -77,8 +64,8 @@ struct Replica {
 }
 
 impl Replica {
-    async fn start(kubeconfig: &Path, name: &str) -> anyhow::Result<Self> {
-        let process = operator(kubeconfig, name, &["--controller-enabled", "false"])?;
+    async fn start(env: &Env, name: &str) -> anyhow::Result<Self> {
+        let process = operator(env, name, &["--controller-enabled", "false"])?;
         let webhook = process.logged_addr("webhook listening", EVENTUALLY).await?;
         let admin = process
             .logged_addr("admin endpoints listening", EVENTUALLY)
@@ -208,8 +195,8 @@ async fn pod_stream(admin: Client, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
                          "labels": {"app": "agent", "mcp.civic.com/inject": "enabled"}},
             "spec": {"containers": [{"name": "app", "image": "example.com/app:1"}]},
         });
-        match create(&admin, &body).await {
-            Ok((201, pod)) if sidecar_injected(&pod) => {
+        match common::create_pod(&admin, TEAM, &body).await {
+            Ok((201, pod)) if common::is_injected(&pod) => {
                 tally.injected.fetch_add(1, Ordering::Relaxed);
             }
             Ok((status, pod)) => tally
@@ -227,70 +214,11 @@ async fn pod_stream(admin: Client, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
     }
 }
 
-async fn create(admin: &Client, body: &Value) -> anyhow::Result<(u16, Value)> {
-    let request = http::Request::post(format!("/api/v1/namespaces/{TEAM}/pods"))
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(kube::client::Body::from(serde_json::to_vec(body)?))?;
-    let response = admin.send(request).await?;
-    let status = response.status().as_u16();
-    let bytes = http_body_util::BodyExt::collect(response.into_body())
-        .await?
-        .to_bytes();
-    Ok((status, serde_json::from_slice(&bytes)?))
-}
-
-fn sidecar_injected(pod: &Value) -> bool {
-    pod["spec"]["initContainers"]
-        .as_array()
-        .is_some_and(|c| c.iter().any(|c| c["name"] == "civic-sidecar"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_survives_a_dead_controller_and_a_rolling_update() -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let sa_user = KubeApiServer::service_account_user(OPERATOR_NS, SA_NAME);
-    let cluster = KubeApiServer::builder()
-        .service_account(OPERATOR_NS, SA_NAME)
-        .start()
-        .await
-        .context("starting etcd + kube-apiserver (build them with scripts/kube/build.sh)")?;
-    let admin = cluster.admin_client().await?;
-    for ns in [OPERATOR_NS, TEAM] {
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
-        Api::<Namespace>::all(admin.clone())
-            .create(&PostParams::default(), &ns)
-            .await?;
-    }
-    // No controller manager here: the pods' ServiceAccount is made by hand.
-    let default_sa: ServiceAccount =
-        serde_json::from_value(json!({"metadata": {"name": "default"}}))?;
-    Api::<ServiceAccount>::namespaced(admin.clone(), TEAM)
-        .create(&PostParams::default(), &default_sa)
-        .await?;
-    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-    crds.create(&PostParams::default(), &CivicIntegration::crd())
-        .await?;
-    eventually("CRD established", EVENTUALLY, || async {
-        let crd = crds.get("civicintegrations.mcp.civic.com").await?;
-        let ok = crd
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        Ok(ok.then_some(()))
-    })
-    .await?;
-    apply_all(&admin, chart_rbac()?).await?;
-    let auth = FakeCivicAuth::start().await?;
-    secrets::register_secret(CLIENT_SECRET);
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "civic-credentials", "namespace": TEAM},
-        "stringData": {"client-secret": CLIENT_SECRET},
-    }))?;
-    Api::<Secret>::namespaced(admin.clone(), TEAM)
-        .create(&PostParams::default(), &secret)
-        .await?;
+    let env = common::setup(EVENTUALLY, true).await?;
+    let admin = env.admin.clone();
+    common::put_secret(&admin, CLIENT_SECRET).await?;
     apply_all(
         &admin,
         vec![json!({
@@ -298,21 +226,19 @@ async fn admission_survives_a_dead_controller_and_a_rolling_update() -> anyhow::
             "metadata": {"name": "civic", "namespace": TEAM},
             "spec": {
                 "clientId": CLIENT_ID,
-                "clientSecretRef": {"name": "civic-credentials", "key": "client-secret"},
-                "tokenUrl": auth.token_url(),
+                "clientSecretRef": {"name": common::SECRET_NAME, "key": "client-secret"},
+                "tokenUrl": env.auth.token_url(),
                 "bindings": [{
                     "name": "support",
                     "podSelector": {"matchLabels": {"app": "agent"}},
-                    "profileId": "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+                    "profileId": PROFILE_ID,
                     "subject": {"serviceAccountToken": {"audience": "civic"}},
                 }],
             },
         })],
     )
     .await?;
-
-    let kubeconfig = cluster.write_kubeconfig(&sa_user)?;
-    let controller = operator(&kubeconfig, "controller", &["--webhook-enabled", "false"])?;
+    let controller = operator(&env, "controller", &["--webhook-enabled", "false"])?;
     ensure!(
         controller
             .logged_addr("admin endpoints listening", EVENTUALLY)
@@ -321,42 +247,24 @@ async fn admission_survives_a_dead_controller_and_a_rolling_update() -> anyhow::
     );
 
     // Readiness waits for the serving certificate: the chart's empty Secret does not exist yet.
-    let a = Replica::start(&kubeconfig, "webhook-a").await?;
+    let a = Replica::start(&env, "webhook-a").await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (status, body) = a.readyz().await?;
     ensure!(
         status == 503 && body.contains("serving certificate"),
         "ready without a certificate: {status} {body}"
     );
-    let empty: Secret = serde_json::from_value(json!({
-        "metadata": {"name": CERT_SECRET, "namespace": OPERATOR_NS},
-        "type": "Opaque",
-    }))?;
-    Api::<Secret>::namespaced(admin.clone(), OPERATOR_NS)
-        .create(&PostParams::default(), &empty)
-        .await?;
+    common::create_empty_cert_secret(&admin).await?;
     a.wait_ready().await?;
-    let b = Replica::start(&kubeconfig, "webhook-b").await?;
+    let b = Replica::start(&env, "webhook-b").await?;
     b.wait_ready().await?;
 
     let balancer = Balancer::start().await?;
     balancer.add(&a);
     balancer.add(&b);
-    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": WEBHOOK_CONFIG},
-        "webhooks": [{
-            "name": "inject.mcp.civic.com",
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
-            "failurePolicy": "Fail",
-            "timeoutSeconds": 5,
-            "reinvocationPolicy": "IfNeeded",
-            "objectSelector": {"matchLabels": {"mcp.civic.com/inject": "enabled"}},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                       "resources": ["pods"], "scope": "Namespaced"}],
-            "clientConfig": {"url": format!("https://{}/inject", balancer.addr)},
-        }],
-    }))?;
+    let config: MutatingWebhookConfiguration = serde_json::from_value(
+        common::chart_webhook_config(&format!("https://{}/inject", balancer.addr)),
+    )?;
     let configs: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
     configs.create(&PostParams::default(), &config).await?;
     // The first admission succeeds once the replicas filled in the caBundle.
@@ -367,8 +275,8 @@ async fn admission_survives_a_dead_controller_and_a_rolling_update() -> anyhow::
                          "labels": {"app": "agent", "mcp.civic.com/inject": "enabled"}},
             "spec": {"containers": [{"name": "app", "image": "example.com/app:1"}]},
         });
-        let (status, pod) = create(&admin, &body).await?;
-        Ok((status == 201 && sidecar_injected(&pod)).then_some(()))
+        let (status, pod) = common::create_pod(&admin, TEAM, &body).await?;
+        Ok((status == 201 && common::is_injected(&pod)).then_some(()))
     })
     .await?;
 
@@ -391,7 +299,7 @@ async fn admission_survives_a_dead_controller_and_a_rolling_update() -> anyhow::
     // A rolling update, one replica at a time (maxUnavailable 0, maxSurge 1).
     let mut replicas = vec![a, b];
     for name in ["webhook-c", "webhook-d"] {
-        let new = Replica::start(&kubeconfig, name).await?;
+        let new = Replica::start(&env, name).await?;
         new.wait_ready().await?;
         balancer.add(&new);
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -444,6 +352,6 @@ async fn admission_survives_a_dead_controller_and_a_rolling_update() -> anyhow::
     );
     ensure!(injected >= 100, "too few admissions to tell: {injected}");
     drop(replicas);
-    cluster.capture("availability").await?;
+    env.cluster.capture("availability").await?;
     Ok(())
 }

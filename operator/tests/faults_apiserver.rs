@@ -169,12 +169,7 @@ async fn apiserver_restart_and_expired_watches_are_survived() -> anyhow::Result<
     create_integration(&admin, integration(CI_NAME, &token_url)).await?;
     // The webhook runs too, for its own two watches (its integration cache and the webhook
     // configuration); the chart creates its TLS Secret empty.
-    let empty: Secret = serde_json::from_value(json!({
-        "metadata": {"name": CERT_SECRET, "namespace": OPERATOR_NS}, "type": "Opaque",
-    }))?;
-    Api::<Secret>::namespaced(admin.clone(), OPERATOR_NS)
-        .create(&PostParams::default(), &empty)
-        .await?;
+    common::create_empty_cert_secret(&admin).await?;
     // A long lease: the operator keeps leading through the restart, so its controller (and its
     // watches) live on and must resume rather than start afresh.
     let op = Operator::start(
@@ -560,67 +555,12 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// Creates a pod by a raw POST; returns the status and the body.
-async fn create_pod(admin: &Client, ns: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
-    let request = http::Request::post(format!("/api/v1/namespaces/{ns}/pods"))
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(kube::client::Body::from(serde_json::to_vec(body)?))?;
-    let response = admin.send(request).await?;
-    let status = response.status().as_u16();
-    let bytes = http_body_util::BodyExt::collect(response.into_body())
-        .await?
-        .to_bytes();
-    Ok((status, serde_json::from_slice(&bytes)?))
-}
-
-fn is_injected(body: &Value) -> bool {
-    body["spec"]["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .chain(
-            body["spec"]["initContainers"]
-                .as_array()
-                .into_iter()
-                .flatten(),
-        )
-        .any(|c| c["name"] == "civic-sidecar")
-}
-
 fn secret_key(s: &Secret, key: &str) -> String {
     s.data
         .as_ref()
         .and_then(|d| d.get(key))
         .map(|b| String::from_utf8_lossy(&b.0).into_owned())
         .unwrap_or_default()
-}
-
-/// The chart's MutatingWebhookConfiguration (templates/mutatingwebhookconfiguration.yaml with
-/// the default values), pointing at the loopback URL instead of the Service.
-fn chart_webhook_config(addr: SocketAddr) -> Value {
-    json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": WEBHOOK_CONFIG},
-        "webhooks": [{
-            "name": "inject.mcp.civic.com",
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
-            "failurePolicy": "Fail",
-            "timeoutSeconds": 5,
-            "reinvocationPolicy": "IfNeeded",
-            "matchPolicy": "Equivalent",
-            "objectSelector": {"matchLabels": {"mcp.civic.com/inject": "enabled"}},
-            "namespaceSelector": {"matchExpressions": [
-                {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
-                 "values": ["kube-system", "kube-public", "kube-node-lease", OPERATOR_NS]},
-                {"key": "mcp.civic.com/inject", "operator": "NotIn", "values": ["disabled"]},
-            ]},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                       "resources": ["pods"], "scope": "Namespaced"}],
-            "clientConfig": {"url": format!("https://{addr}/inject")},
-        }],
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -638,11 +578,8 @@ async fn webhook_certificates_rotate_under_traffic_and_a_dead_webhook_fails_clos
     )
     .await?;
     // The chart creates the TLS Secret empty; the operator only reads and updates it.
-    let empty: Secret = serde_json::from_value(json!({
-        "metadata": {"name": CERT_SECRET, "namespace": OPERATOR_NS}, "type": "Opaque",
-    }))?;
+    common::create_empty_cert_secret(admin).await?;
     let cert_secrets: Api<Secret> = Api::namespaced(admin.clone(), OPERATOR_NS);
-    cert_secrets.create(&PostParams::default(), &empty).await?;
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let addr_flag = addr.to_string();
     // Serving certificates live 9 s (renewed with 3 s left), the CA 30 s (a new one staged with
@@ -666,7 +603,13 @@ async fn webhook_certificates_rotate_under_traffic_and_a_dead_webhook_fails_clos
     ];
     flags.extend(SHORT_LEASE);
     let op = Operator::start(&env, "webhook-1", &flags).await?;
-    apply_all(admin, vec![chart_webhook_config(addr)]).await?;
+    apply_all(
+        admin,
+        vec![common::chart_webhook_config(&format!(
+            "https://{addr}/inject"
+        ))],
+    )
+    .await?;
     let configs: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
     eventually("caBundle filled in", EVENTUALLY, || async {
         let c = configs.get(WEBHOOK_CONFIG).await?;
@@ -703,21 +646,25 @@ async fn webhook_certificates_rotate_under_traffic_and_a_dead_webhook_fails_clos
         serving_seen.insert(secret_key(&s, "tls.crt"));
         signers_seen.insert(secret_key(&s, "signer.crt"));
         i += 1;
-        let (status, body) = create_pod(
+        let (status, body) = common::create_pod(
             admin,
             TEAM,
             &simple_pod(&format!("traffic-{i}"), "support-agent", true),
         )
         .await?;
-        if status == 201 && is_injected(&body) {
+        if status == 201 && common::is_injected(&body) {
             admitted += 1;
         } else {
             refused.push(format!("{status}: {}", body["message"]));
         }
         if i % 4 == 0 {
             let (status, body) =
-                create_pod(admin, TEAM, &simple_pod(&format!("plain-{i}"), "x", false)).await?;
-            ensure!(status == 201 && !is_injected(&body), "plain pod: {status}");
+                common::create_pod(admin, TEAM, &simple_pod(&format!("plain-{i}"), "x", false))
+                    .await?;
+            ensure!(
+                status == 201 && !common::is_injected(&body),
+                "plain pod: {status}"
+            );
             plain += 1;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -739,7 +686,7 @@ async fn webhook_certificates_rotate_under_traffic_and_a_dead_webhook_fails_clos
     // webhook's timeout, with the apiserver's message naming the webhook; other pods pass.
     op.signal("-STOP")?;
     let t = Instant::now();
-    let (status, body) = create_pod(
+    let (status, body) = common::create_pod(
         admin,
         TEAM,
         &simple_pod("while-frozen", "support-agent", true),
@@ -757,7 +704,8 @@ async fn webhook_certificates_rotate_under_traffic_and_a_dead_webhook_fails_clos
         took < Duration::from_secs(15),
         "bounded by the timeout: {took:?}"
     );
-    let (status, _) = create_pod(admin, TEAM, &simple_pod("plain-frozen", "x", false)).await?;
+    let (status, _) =
+        common::create_pod(admin, TEAM, &simple_pod("plain-frozen", "x", false)).await?;
     ensure!(
         status == 201,
         "pods without the opt-in label are unaffected"
@@ -766,7 +714,7 @@ async fn webhook_certificates_rotate_under_traffic_and_a_dead_webhook_fails_clos
     // --- The webhook dead (SIGKILL): connection refused, fail closed.
     op.signal("-KILL")?;
     drop(op);
-    let (status, body) = create_pod(
+    let (status, body) = common::create_pod(
         admin,
         TEAM,
         &simple_pod("while-down", "support-agent", true),
@@ -787,12 +735,13 @@ async fn webhook_certificates_rotate_under_traffic_and_a_dead_webhook_fails_clos
             .is_none(),
         "no pod without its sidecar"
     );
-    let (status, _) = create_pod(admin, TEAM, &simple_pod("plain-down", "x", false)).await?;
+    let (status, _) =
+        common::create_pod(admin, TEAM, &simple_pod("plain-down", "x", false)).await?;
     ensure!(
         status == 201,
         "unlabelled pods are admitted while the webhook is down"
     );
-    let (status, _) = create_pod(
+    let (status, _) = common::create_pod(
         admin,
         "opted-out",
         &simple_pod("labelled-opted-out", "support-agent", true),
@@ -816,8 +765,8 @@ async fn webhook_certificates_rotate_under_traffic_and_a_dead_webhook_fails_clos
     let first = eventually("admission resumes", EVENTUALLY, || async {
         let name = format!("after-restart-{}", restarted.elapsed().as_millis());
         let (status, body) =
-            create_pod(admin, TEAM, &simple_pod(&name, "support-agent", true)).await?;
-        Ok((status == 201 && is_injected(&body)).then_some(()))
+            common::create_pod(admin, TEAM, &simple_pod(&name, "support-agent", true)).await?;
+        Ok((status == 201 && common::is_injected(&body)).then_some(()))
     })
     .await;
     first?;
@@ -855,8 +804,8 @@ async fn webhook_certificates_rotate_under_traffic_and_a_dead_webhook_fails_clos
         || async {
             let name = format!("after-outage-{}", back.elapsed().as_millis());
             let (status, body) =
-                create_pod(&admin, TEAM, &simple_pod(&name, "support-agent", true)).await?;
-            Ok((status == 201 && is_injected(&body)).then_some(()))
+                common::create_pod(&admin, TEAM, &simple_pod(&name, "support-agent", true)).await?;
+            Ok((status == 201 && common::is_injected(&body)).then_some(()))
         },
     )
     .await?;

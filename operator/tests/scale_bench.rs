@@ -379,28 +379,10 @@ async fn admission_at_scale(
     let metrics = op
         .logged_addr("admin endpoints listening", Duration::from_secs(30))
         .await?;
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": common::CERT_SECRET, "namespace": common::OPERATOR_NS},
-        "type": "Opaque",
-    }))?;
-    Api::<Secret>::namespaced(admin.clone(), common::OPERATOR_NS)
-        .create(&PostParams::default(), &secret)
-        .await?;
-    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": common::WEBHOOK_CONFIG},
-        "webhooks": [{
-            "name": "inject.mcp.civic.com",
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
-            "failurePolicy": "Fail",
-            "timeoutSeconds": 5,
-            "reinvocationPolicy": "IfNeeded",
-            "objectSelector": {"matchLabels": {"mcp.civic.com/inject": "enabled"}},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                       "resources": ["pods"], "scope": "Namespaced"}],
-            "clientConfig": {"url": format!("https://{webhook}/mutate")},
-        }],
-    }))?;
+    common::create_empty_cert_secret(admin).await?;
+    let config: MutatingWebhookConfiguration = serde_json::from_value(
+        common::chart_webhook_config(&format!("https://{webhook}/mutate")),
+    )?;
     Api::<MutatingWebhookConfiguration>::all(admin.clone())
         .create(&PostParams::default(), &config)
         .await?;

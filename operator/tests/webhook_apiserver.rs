@@ -55,17 +55,10 @@ impl Operator {
             .env("POD_NAME", name)
             .env("CIVIC_OPERATOR_LOG", "info,civic_operator=debug")
             .args(["run", "--admin-addr", "127.0.0.1:0"])
-            .args([
-                "--webhook-addr",
-                "127.0.0.1:0",
-                "--webhook-extra-san",
-                "127.0.0.1",
-            ])
-            .args(["--webhook-config-name", WEBHOOK_CONFIG])
+            .args(common::LOOPBACK_WEBHOOK)
             .args(["--webhook-ca-validity", CA_VALIDITY])
             .args(["--webhook-cert-validity", CERT_VALIDITY])
             .args(["--webhook-cert-check-interval", "1s"])
-            .args(["--sidecar-image", "ghcr.io/civic-mcp/civic-sidecar:test"])
             .args(["--lease-duration", "4s", "--lease-renew-deadline", "3s"])
             .args(["--lease-retry-period", "500ms", "--resync-interval", "2s"])
             .args(["--probe-min-interval", "200ms"]);
@@ -219,13 +212,7 @@ async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::
     apply_all(&admin, chart_rbac()?).await?;
     // The chart creates the TLS Secret empty (templates/state.yaml) so the release owns it; the
     // operator may only read and update it.
-    let empty: Secret = serde_json::from_value(json!({
-        "metadata": {"name": CERT_SECRET, "namespace": OPERATOR_NS},
-        "type": "Opaque",
-    }))?;
-    Api::<Secret>::namespaced(admin.clone(), OPERATOR_NS)
-        .create(&PostParams::default(), &empty)
-        .await?;
+    common::create_empty_cert_secret(&admin).await?;
 
     // A fake Civic Auth lets the controller tell good credentials from bad.
     let auth = FakeCivicAuth::start().await?;
@@ -262,21 +249,9 @@ async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::
 
     // The chart's configuration, minus the Service: the apiserver calls the loopback URL.
     let configs: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
-    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": WEBHOOK_CONFIG},
-        "webhooks": [{
-            "name": "inject.mcp.civic.com",
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
-            "failurePolicy": "Fail",
-            "timeoutSeconds": 5,
-            "reinvocationPolicy": "IfNeeded",
-            "objectSelector": {"matchLabels": {"mcp.civic.com/inject": "enabled"}},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                       "resources": ["pods"], "scope": "Namespaced"}],
-            "clientConfig": {"url": format!("https://{addr}/inject")},
-        }],
-    }))?;
+    let config: MutatingWebhookConfiguration = serde_json::from_value(
+        common::chart_webhook_config(&format!("https://{addr}/inject")),
+    )?;
     configs.create(&PostParams::default(), &config).await?;
 
     // caBundle: filled in by the operator.

@@ -39,6 +39,19 @@ pub const WEBHOOK_CONFIG: &str = "civic-mcp";
 /// Fixed by the chart (`civic-mcp.webhookCertSecretName`, self-managed mode).
 pub const CERT_SECRET: &str = "civic-mcp-webhook-tls";
 
+/// Flags of a test webhook: a free loopback port, a serving certificate that covers 127.0.0.1,
+/// the chart's webhook configuration name and a fixed sidecar image.
+pub const LOOPBACK_WEBHOOK: [&str; 8] = [
+    "--webhook-addr",
+    "127.0.0.1:0",
+    "--webhook-extra-san",
+    "127.0.0.1",
+    "--webhook-config-name",
+    WEBHOOK_CONFIG,
+    "--sidecar-image",
+    "ghcr.io/civic-mcp/civic-sidecar:test",
+];
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -477,4 +490,73 @@ pub async fn webhook_trusted_by(
             .context("handshake timed out")?
             .is_ok(),
     )
+}
+
+/// The chart's MutatingWebhookConfiguration (templates/mutatingwebhookconfiguration.yaml with
+/// the default values), calling `url` instead of the Service.
+pub fn chart_webhook_config(url: &str) -> Value {
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": WEBHOOK_CONFIG},
+        "webhooks": [{
+            "name": "inject.mcp.civic.com",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Fail",
+            "timeoutSeconds": 5,
+            "reinvocationPolicy": "IfNeeded",
+            "matchPolicy": "Equivalent",
+            "objectSelector": {"matchLabels": {"mcp.civic.com/inject": "enabled"}},
+            "namespaceSelector": {"matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                 "values": ["kube-system", "kube-public", "kube-node-lease", OPERATOR_NS]},
+                {"key": "mcp.civic.com/inject", "operator": "NotIn", "values": ["disabled"]},
+            ]},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                       "resources": ["pods"], "scope": "Namespaced"}],
+            "clientConfig": {"url": url},
+        }],
+    })
+}
+
+/// Creates a pod by a raw POST (so a denial's status and message stay visible); returns the
+/// status and the body.
+pub async fn create_pod(admin: &Client, ns: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+    let request = http::Request::post(format!("/api/v1/namespaces/{ns}/pods"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(kube::client::Body::from(serde_json::to_vec(body)?))?;
+    let response = admin.send(request).await?;
+    let status = response.status().as_u16();
+    let bytes = http_body_util::BodyExt::collect(response.into_body())
+        .await?
+        .to_bytes();
+    Ok((status, serde_json::from_slice(&bytes)?))
+}
+
+/// Whether a stored pod (JSON) has the sidecar, as a container or a native sidecar.
+pub fn is_injected(body: &Value) -> bool {
+    body["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(
+            body["spec"]["initContainers"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        )
+        .any(|c| c["name"] == "civic-sidecar")
+}
+
+/// The webhook's TLS Secret as the chart creates it (templates/state.yaml): empty, so the release
+/// owns it; the operator may only read and update it.
+pub async fn create_empty_cert_secret(admin: &Client) -> anyhow::Result<()> {
+    let empty: Secret = serde_json::from_value(json!({
+        "metadata": {"name": CERT_SECRET, "namespace": OPERATOR_NS}, "type": "Opaque",
+    }))?;
+    Api::<Secret>::namespaced(admin.clone(), OPERATOR_NS)
+        .create(&PostParams::default(), &empty)
+        .await?;
+    Ok(())
 }
