@@ -36,12 +36,12 @@ const DRAIN: Duration = Duration::from_secs(2);
 
 type Operator = Process;
 
-/// `civic-operator run` as `name`, authenticated as the chart's ServiceAccount, trusting the
-/// fake Civic Auth's CA.
+/// `civic-operator run` as `name`, authenticated as the chart's ServiceAccount of the part it
+/// runs, trusting the fake Civic Auth's CA.
 fn operator(env: &Env, name: &str, flags: &[&str]) -> anyhow::Result<Operator> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_civic-operator"));
     cmd.env_clear()
-        .env("KUBECONFIG", &env.kubeconfig)
+        .env("KUBECONFIG", env.kubeconfig_for(flags))
         .env("CIVIC_OPERATOR_TOKEN_URL_CA_FILE", env.ca.ca_file())
         .env("POD_NAMESPACE", OPERATOR_NS)
         .env("POD_NAME", name)

@@ -305,8 +305,10 @@ async fn leftovers(admin: &Client) -> anyhow::Result<Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_operator_under_chart_rbac_upgrade_and_uninstall() -> anyhow::Result<()> {
     let sa_user = KubeApiServer::service_account_user(NS, SA_NAME);
+    let webhook_user = KubeApiServer::service_account_user(NS, common::WEBHOOK_SA);
     let cluster = KubeApiServer::builder()
         .service_account(NS, SA_NAME)
+        .service_account(NS, common::WEBHOOK_SA)
         .start()
         .await
         .context("starting etcd + kube-apiserver (build them with scripts/kube/build.sh)")?;
@@ -356,9 +358,17 @@ async fn helm_install_operator_under_chart_rbac_upgrade_and_uninstall() -> anyho
     // 2. The operator as the chart's ServiceAccount reconciles an integration to Ready.
     let auth = FakeCivicAuth::start().await?;
     secrets::register_secret(CLIENT_SECRET);
-    let sa_kubeconfig = cluster.write_kubeconfig(&sa_user)?;
-    let operator = Operator::start(&sa_kubeconfig, OPERATOR_NAME, &controller_env)?;
-    let webhook_replica = Operator::start(&sa_kubeconfig, WEBHOOK_NAME, &webhook_env)?;
+    // Each Deployment's process as its own ServiceAccount, bound only by the chart's RBAC.
+    let operator = Operator::start(
+        &cluster.write_kubeconfig(&sa_user)?,
+        OPERATOR_NAME,
+        &controller_env,
+    )?;
+    let webhook_replica = Operator::start(
+        &cluster.write_kubeconfig(&webhook_user)?,
+        WEBHOOK_NAME,
+        &webhook_env,
+    )?;
     let team: Namespace = serde_json::from_value(json!({"metadata": {"name": TEAM}}))?;
     Api::<Namespace>::all(admin.clone())
         .create(&PostParams::default(), &team)

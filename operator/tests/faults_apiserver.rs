@@ -68,7 +68,7 @@ impl Operator {
     async fn start(env: &Env, name: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_civic-operator"));
         cmd.env_clear()
-            .env("KUBECONFIG", &env.kubeconfig)
+            .env("KUBECONFIG", env.kubeconfig_for(extra))
             .env(
                 "CIVIC_OPERATOR_LOG",
                 "debug,kube=info,kube_runtime::watcher=debug,hyper=info,tower=info,rustls=info,\

@@ -244,7 +244,7 @@ async fn operator_at_scale() -> anyhow::Result<()> {
 
     let mut cmd = Command::new(&bin);
     cmd.env_clear()
-        .env("KUBECONFIG", &env.kubeconfig)
+        .env("KUBECONFIG", &env.local_kubeconfig)
         .env("CIVIC_OPERATOR_LOG", "info")
         .env("POD_NAMESPACE", common::OPERATOR_NS)
         .env("POD_NAME", "scale")

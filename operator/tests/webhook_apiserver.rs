@@ -23,8 +23,8 @@ use civic_testkit::apiserver::KubeApiServer;
 use civic_testkit::auth::FakeCivicAuth;
 use civic_testkit::secrets::{self, CLIENT_ID, CLIENT_SECRET};
 use common::{
-    CERT_SECRET, OPERATOR_NS, Process, SA_NAME, TEAM, WEBHOOK_CONFIG, apply_all, chart_rbac,
-    eventually_slowly as eventually,
+    CERT_SECRET, LOCAL_USER, OPERATOR_NS, Process, SA_NAME, TEAM, WEBHOOK_CONFIG, WEBHOOK_SA,
+    apply_all, chart_rbac, eventually_slowly as eventually,
 };
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -181,9 +181,10 @@ fn ca_bundle(config: &MutatingWebhookConfiguration) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let sa_user = KubeApiServer::service_account_user(OPERATOR_NS, SA_NAME);
     let cluster = KubeApiServer::builder()
         .service_account(OPERATOR_NS, SA_NAME)
+        .service_account(OPERATOR_NS, WEBHOOK_SA)
+        .user(LOCAL_USER, &["system:authenticated"])
         .with_controller_manager()
         .start()
         .await
@@ -235,7 +236,9 @@ async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::
     )
     .await?;
 
-    let kubeconfig = cluster.write_kubeconfig(&sa_user)?;
+    // Each replica runs controller and webhook in one process: both parts' roles, nothing more.
+    common::bind_local_user(&admin).await?;
+    let kubeconfig = cluster.write_kubeconfig(LOCAL_USER)?;
     // Two replicas from the start: both race to fill the chart's empty Secret.
     let operator = Operator::start(&kubeconfig, "civic-operator-0")?;
     let replica = Operator::start(&kubeconfig, "civic-operator-1")?;
@@ -278,30 +281,59 @@ async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::
         .sum::<usize>();
     ensure!(created == 1, "the material was created {created} times");
 
-    // Least privilege: the operator's token cannot create Secrets next to its own, nor touch
-    // another webhook configuration.
-    let sa = cluster.client_for(&sa_user).await?;
+    // Least privilege. The webhook's token cannot create Secrets next to its own, nor touch
+    // another webhook configuration, nor read a team's client secret or its pods; the
+    // controller's cannot touch the webhook configuration.
+    let denied = |err: kube::Error, what: &str| -> anyhow::Result<()> {
+        ensure!(
+            matches!(&err, kube::Error::Api(s) if s.code == 403),
+            "{what}: {err}"
+        );
+        Ok(())
+    };
+    let webhook_sa = cluster
+        .client_for(&KubeApiServer::service_account_user(
+            OPERATOR_NS,
+            WEBHOOK_SA,
+        ))
+        .await?;
     let other: Secret = serde_json::from_value(json!({"metadata": {"name": "other"}}))?;
-    let err = Api::<Secret>::namespaced(sa.clone(), OPERATOR_NS)
+    let err = Api::<Secret>::namespaced(webhook_sa.clone(), OPERATOR_NS)
         .create(&PostParams::default(), &other)
         .await
-        .expect_err("the operator must not create Secrets");
-    ensure!(
-        matches!(&err, kube::Error::Api(s) if s.code == 403),
-        "{err}"
-    );
-    let err = Api::<MutatingWebhookConfiguration>::all(sa)
+        .expect_err("the webhook must not create Secrets");
+    denied(err, "create a Secret")?;
+    let err = Api::<MutatingWebhookConfiguration>::all(webhook_sa.clone())
         .patch(
             "someone-else",
             &PatchParams::default(),
             &Patch::Merge(&json!({"metadata": {"labels": {"x": "y"}}})),
         )
         .await
-        .expect_err("the operator must not patch other webhook configurations");
-    ensure!(
-        matches!(&err, kube::Error::Api(s) if s.code == 403),
-        "{err}"
-    );
+        .expect_err("the webhook must not patch other webhook configurations");
+    denied(err, "patch another webhook configuration")?;
+    let err = Api::<Secret>::namespaced(webhook_sa.clone(), TEAM)
+        .get("civic-credentials")
+        .await
+        .expect_err("the webhook must not read client secrets");
+    denied(err, "read a client secret")?;
+    let err = Api::<Pod>::namespaced(webhook_sa, TEAM)
+        .list(&ListParams::default())
+        .await
+        .expect_err("the webhook must not list pods");
+    denied(err, "list pods")?;
+    let controller_sa = cluster
+        .client_for(&KubeApiServer::service_account_user(OPERATOR_NS, SA_NAME))
+        .await?;
+    let err = Api::<MutatingWebhookConfiguration>::all(controller_sa)
+        .patch(
+            WEBHOOK_CONFIG,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"x": "y"}}})),
+        )
+        .await
+        .expect_err("the controller must not patch the webhook configuration");
+    denied(err, "the controller patches the webhook configuration")?;
 
     // The controller has judged both integrations.
     let cis: Api<CivicIntegration> = Api::namespaced(admin.clone(), TEAM);

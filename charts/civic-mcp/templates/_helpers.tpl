@@ -55,6 +55,11 @@ app.kubernetes.io/component: {{ index . 1 }}
 civic-mcp-operator
 {{- end }}
 
+{{/* Fixed, like the controller's: rbac.yaml binds the webhook's roles to it. */}}
+{{- define "civic-mcp.webhookServiceAccountName" -}}
+civic-mcp-webhook
+{{- end }}
+
 {{/* Object names shared between templates and the operator's environment. */}}
 {{- define "civic-mcp.webhookServiceName" -}}
 {{- printf "%s-webhook" (include "civic-mcp.fullname" .) | trunc 63 | trimSuffix "-" }}

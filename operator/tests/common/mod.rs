@@ -28,8 +28,13 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 pub const OPERATOR_NS: &str = "civic-system";
-/// Fixed by `charts/civic-mcp/templates/rbac.yaml`.
+/// The controller's ServiceAccount, fixed by `charts/civic-mcp/templates/rbac.yaml`.
 pub const SA_NAME: &str = "civic-mcp-operator";
+/// The webhook's ServiceAccount, fixed by `charts/civic-mcp/templates/rbac.yaml`.
+pub const WEBHOOK_SA: &str = "civic-mcp-webhook";
+/// A user holding both the controller's and the webhook's roles (and nothing else), for tests
+/// that run both in one process, as a local `civic-operator run` does; see [`bind_local_user`].
+pub const LOCAL_USER: &str = "civic-operator-local";
 pub const LEASE: &str = "civic-mcp-operator";
 pub const TEAM: &str = "team";
 pub const CI_NAME: &str = "civic";
@@ -268,7 +273,12 @@ pub struct Env {
     pub admin: Client,
     pub auth: FakeCivicAuth,
     pub ca: TestCa,
+    /// As the controller's ServiceAccount.
     pub kubeconfig: PathBuf,
+    /// As the webhook's ServiceAccount.
+    pub webhook_kubeconfig: PathBuf,
+    /// As [`LOCAL_USER`]: controller and webhook in one process.
+    pub local_kubeconfig: PathBuf,
 }
 
 /// `default_service_accounts`: create each namespace's `default` ServiceAccount too (there is
@@ -279,8 +289,11 @@ pub async fn setup(
 ) -> anyhow::Result<Env> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let sa_user = KubeApiServer::service_account_user(OPERATOR_NS, SA_NAME);
+    let webhook_user = KubeApiServer::service_account_user(OPERATOR_NS, WEBHOOK_SA);
     let cluster = KubeApiServer::builder()
         .service_account(OPERATOR_NS, SA_NAME)
+        .service_account(OPERATOR_NS, WEBHOOK_SA)
+        .user(LOCAL_USER, &["system:authenticated"])
         .start()
         .await
         .context("starting etcd + kube-apiserver (build them with scripts/kube/build.sh)")?;
@@ -297,18 +310,39 @@ pub async fn setup(
     }
     install_crd(&admin, crd_established_within).await?;
     install_rbac(&admin).await?;
+    bind_local_user(&admin).await?;
     let ca = TestCa::new()?;
     let auth = FakeCivicAuth::start_tls(&ca).await?;
     secrets::register_secret(CLIENT_SECRET);
     secrets::register_secret(CLIENT_SECRET_WRONG);
     let kubeconfig = cluster.write_kubeconfig(&sa_user)?;
+    let webhook_kubeconfig = cluster.write_kubeconfig(&webhook_user)?;
+    let local_kubeconfig = cluster.write_kubeconfig(LOCAL_USER)?;
     Ok(Env {
         cluster,
         admin,
         auth,
         ca,
         kubeconfig,
+        webhook_kubeconfig,
+        local_kubeconfig,
     })
+}
+
+impl Env {
+    /// The identity a `civic-operator run` with `flags` runs as: the controller's ServiceAccount
+    /// for the controller alone (`--webhook-enabled false`), the webhook's for the webhook alone
+    /// (`--controller-enabled false`), [`LOCAL_USER`] for both in one process.
+    pub fn kubeconfig_for(&self, flags: &[&str]) -> &Path {
+        let off = |flag: &str| flags.windows(2).any(|w| w[0] == flag && w[1] == "false");
+        if off("--webhook-enabled") {
+            &self.kubeconfig
+        } else if off("--controller-enabled") {
+            &self.webhook_kubeconfig
+        } else {
+            &self.local_kubeconfig
+        }
+    }
 }
 
 /// A namespace with a `default` ServiceAccount (no controller-manager here: the
@@ -367,6 +401,26 @@ pub fn chart_rbac() -> anyhow::Result<Vec<Value>> {
         }
     }
     Ok(docs)
+}
+
+/// Binds [`LOCAL_USER`] to every (Cluster)Role of the chart's `rbac.yaml`, exactly those.
+pub async fn bind_local_user(admin: &Client) -> anyhow::Result<()> {
+    let bindings = chart_rbac()?
+        .into_iter()
+        .filter(|d| d["kind"] == "ClusterRoleBinding" || d["kind"] == "RoleBinding")
+        .map(|mut b| {
+            let name = format!(
+                "{}-local",
+                b["metadata"]["name"].as_str().unwrap_or_default()
+            );
+            b["metadata"]["name"] = json!(name);
+            b["subjects"] = json!([{
+                "kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": LOCAL_USER,
+            }]);
+            b
+        })
+        .collect();
+    apply_all(admin, bindings).await
 }
 
 /// Applies the chart's RBAC, which must hold each kind the operator is bound by.
