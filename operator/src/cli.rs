@@ -2,6 +2,7 @@
 //! the CRD), `civic-operator inject`. Every `run` flag also reads an environment variable, so the chart can
 //! set them either way.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, Health};
-use crate::controller::{self, Settings, Shared};
+use crate::controller::{self, SecretAccess, Settings, Shared};
 use crate::leader::{self, Ended, LeaseLock, LeaseSettings};
 use crate::metrics::Metrics;
 use crate::probe::{ExchangeProbe, ProbeCache};
@@ -88,6 +89,18 @@ pub struct RunArgs {
     /// Healthy integrations are reconciled again after this.
     #[arg(long, env = "CIVIC_OPERATOR_RESYNC_INTERVAL", default_value = "5m", value_parser = duration)]
     pub resync_interval: Duration,
+
+    /// Namespaces whose Secrets the controller may read (comma-separated), as its RBAC grants
+    /// (chart value `controller.secretNamespaces`): rotations there are noticed at once by a
+    /// watch. Empty: every namespace, by `get` alone, each Secret re-read every
+    /// `--secret-recheck-interval`.
+    #[arg(long, env = "CIVIC_OPERATOR_SECRET_NAMESPACES", value_delimiter = ',')]
+    pub secret_namespaces: Vec<String>,
+
+    /// Without `--secret-namespaces`, each integration re-reads its client Secret this often to
+    /// notice a rotation (one GET; no probe unless the Secret changed).
+    #[arg(long, env = "CIVIC_OPERATOR_SECRET_RECHECK_INTERVAL", default_value = "1m", value_parser = duration)]
+    pub secret_recheck_interval: Duration,
 
     /// A credential verdict is reused this long while the client ID, token URL and Secret stay
     /// unchanged.
@@ -218,6 +231,23 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+fn secret_access(args: &RunArgs) -> SecretAccess {
+    let served: BTreeSet<String> = args
+        .secret_namespaces
+        .iter()
+        .map(|ns| ns.trim())
+        .filter(|ns| !ns.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if served.is_empty() {
+        SecretAccess::ClusterGet {
+            recheck: args.secret_recheck_interval,
+        }
+    } else {
+        SecretAccess::Namespaces(served)
+    }
+}
+
 /// `civic-operator run`: admin endpoints always; the controller while this replica leads.
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let lease = LeaseSettings {
@@ -282,6 +312,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 resync: args.resync_interval,
                 backoff_base: args.backoff_base,
                 backoff_max: args.backoff_max,
+                secrets: secret_access(&args),
                 ..Settings::default()
             },
             identity: lease.identity.clone(),

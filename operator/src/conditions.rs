@@ -32,6 +32,9 @@ pub mod reason {
     pub const KEY_EMPTY: &str = "KeyEmpty";
     /// The key's value is not UTF-8 text.
     pub const KEY_NOT_TEXT: &str = "KeyNotText";
+    /// The operator may not read the Secret: its namespace is not one the operator serves
+    /// (`--secret-namespaces`), or RBAC refused the read.
+    pub const SECRET_FORBIDDEN: &str = "SecretForbidden";
 
     /// `CredentialsValid=True`: Civic Auth authenticated the client.
     pub const CREDENTIALS_ACCEPTED: &str = "CredentialsAccepted";

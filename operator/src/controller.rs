@@ -5,7 +5,7 @@
 //! status differs from the current one: a no-op reconcile makes no API write. Every condition
 //! change is published as an `events.k8s.io` Event on the CivicIntegration.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,6 +59,38 @@ pub struct Settings {
     pub backoff_max: Duration,
     /// How long a reconcile waits for the pod cache's initial list.
     pub pod_cache_wait: Duration,
+    /// Which Secrets the controller may read, and so how it notices a rotated one.
+    pub secrets: SecretAccess,
+}
+
+/// Which client secrets the controller may read: exactly what its RBAC grants, so that a
+/// compromised controller cannot enumerate the cluster's Secrets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretAccess {
+    /// `get` on Secrets in every namespace, no `list` or `watch` (which would hand over every
+    /// Secret's contents): each integration re-reads its Secret every `recheck` to notice a
+    /// rotation; the probe runs again only when the Secret's resourceVersion changed.
+    ClusterGet { recheck: Duration },
+    /// `get`, `list`, `watch` in these namespaces only: rotations are noticed by a watch (of
+    /// metadata) at once; integrations elsewhere report `SecretForbidden`.
+    Namespaces(BTreeSet<String>),
+}
+
+impl SecretAccess {
+    fn serves(&self, ns: &str) -> bool {
+        match self {
+            SecretAccess::ClusterGet { .. } => true,
+            SecretAccess::Namespaces(served) => served.contains(ns),
+        }
+    }
+
+    /// How often an integration re-reads its Secret for want of a watch.
+    fn recheck(&self) -> Option<Duration> {
+        match self {
+            SecretAccess::ClusterGet { recheck } => Some(*recheck),
+            SecretAccess::Namespaces(_) => None,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -68,6 +100,9 @@ impl Default for Settings {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             pod_cache_wait: Duration::from_secs(30),
+            secrets: SecretAccess::ClusterGet {
+                recheck: Duration::from_secs(60),
+            },
         }
     }
 }
@@ -228,8 +263,13 @@ enum SecretRead {
 /// trailing line break of `--from-file` Secrets) is dropped, as the sidecar does with its files.
 async fn resolve_secret(client: &Client, ns: &str, r: &SecretKeyRef) -> Result<SecretRead, Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let Some(secret) = api.get_opt(&r.name).await? else {
-        return Ok(SecretRead::Unusable(SecretOutcome::NotFound));
+    let secret = match api.get_opt(&r.name).await {
+        Ok(Some(secret)) => secret,
+        Ok(None) => return Ok(SecretRead::Unusable(SecretOutcome::NotFound)),
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            return Ok(SecretRead::Unusable(SecretOutcome::Forbidden));
+        }
+        Err(e) => return Err(e.into()),
     };
     let Some(bytes) = secret.data.as_ref().and_then(|d| d.get(&r.key)) else {
         return Ok(SecretRead::Unusable(SecretOutcome::KeyNotFound));
@@ -325,7 +365,10 @@ async fn reconcile_inner(obj: &CivicIntegration, ctx: &Context) -> Result<Done, 
         credentials: None,
         bindings: pods::binding_counts(&ctx.pods, &ns, &name, &spec.bindings),
     };
-    let mut requeue = settings.resync;
+    let mut requeue = settings
+        .secrets
+        .recheck()
+        .map_or(settings.resync, |r| r.min(settings.resync));
     let mut transient = None;
     if observed.spec.is_ok() {
         match Url::parse(&spec.token_url) {
@@ -336,7 +379,16 @@ async fn reconcile_inner(obj: &CivicIntegration, ctx: &Context) -> Result<Done, 
                 }]))
             }
             Ok(token_url) => {
-                let read = resolve_secret(&ctx.shared.client, &ns, &spec.client_secret_ref).await?;
+                let read = if settings.secrets.serves(&ns) {
+                    resolve_secret(&ctx.shared.client, &ns, &spec.client_secret_ref).await?
+                } else {
+                    let SecretAccess::Namespaces(served) = &settings.secrets else {
+                        unreachable!("cluster-wide access serves every namespace")
+                    };
+                    SecretRead::Unusable(SecretOutcome::NamespaceNotServed(
+                        served.iter().cloned().collect(),
+                    ))
+                };
                 observed.secret = Some(match &read {
                     SecretRead::Unusable(outcome) => outcome.clone(),
                     SecretRead::Value { .. } => SecretOutcome::Resolved,
@@ -531,15 +583,29 @@ pub async fn run(shared: Shared, leader: LeaderGate) {
         store.clone(),
     )
     .with_config(ControllerConfig::default().concurrency(CONCURRENCY));
-    // Metadata only: the controller never caches Secret contents.
-    let secret_changes = watch::resilient(
-        "secrets",
-        watcher(
-            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-            watcher::Config::default().any_semantic(),
-        ),
-    )
-    .touched_objects();
+    // Metadata only: the controller never caches Secret contents. Without the right to watch
+    // (cluster-wide mode), rotations are noticed by each integration's recheck instead.
+    let served = match &ctx.shared.settings.secrets {
+        SecretAccess::ClusterGet { .. } => Vec::new(),
+        SecretAccess::Namespaces(served) => served.iter().cloned().collect(),
+    };
+    let secret_watches = served.iter().map(|ns| {
+        watch::resilient(
+            "secrets",
+            watcher(
+                Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), ns),
+                watcher::Config::default().any_semantic(),
+            ),
+        )
+        .touched_objects()
+        .boxed()
+    });
+    // An empty merge would end at once; no watch means no Secret trigger, ever.
+    let secret_changes = if served.is_empty() {
+        futures_util::stream::pending().boxed()
+    } else {
+        futures_util::stream::select_all(secret_watches).boxed()
+    };
 
     let secret_store = store.clone();
     let pod_store_refs = store;

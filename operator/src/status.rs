@@ -18,6 +18,10 @@ pub enum SecretOutcome {
     KeyNotFound,
     KeyEmpty,
     KeyNotText,
+    /// The namespace is not among these, the only ones whose Secrets the operator may read.
+    NamespaceNotServed(Vec<String>),
+    /// The apiserver refused the read (403).
+    Forbidden,
 }
 
 /// What the credential probe concluded. A transient failure is not a verdict.
@@ -72,6 +76,22 @@ impl SecretOutcome {
                 Status::False,
                 reason::KEY_NOT_TEXT,
                 format!("key {key:?} of Secret {name:?} is not UTF-8 text"),
+            ),
+            SecretOutcome::NamespaceNotServed(served) => Check::new(
+                Status::False,
+                reason::SECRET_FORBIDDEN,
+                format!(
+                    "the operator reads Secrets only in namespaces {served:?} (chart value \
+                     controller.secretNamespaces), not in {namespace:?}"
+                ),
+            ),
+            SecretOutcome::Forbidden => Check::new(
+                Status::False,
+                reason::SECRET_FORBIDDEN,
+                format!(
+                    "the operator may not read Secret {name:?} in namespace {namespace:?} \
+                     (403 Forbidden): its RBAC does not grant it"
+                ),
             ),
         }
     }

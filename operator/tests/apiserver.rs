@@ -49,6 +49,16 @@ impl Deref for Operator {
 
 impl Operator {
     async fn start(name: &str, kubeconfig: &Path, ca_file: &Path) -> anyhow::Result<Self> {
+        Self::start_with(name, kubeconfig, ca_file, &["--resync-interval", "1s"]).await
+    }
+
+    /// With `extra` flags instead of the 1 s resync.
+    async fn start_with(
+        name: &str,
+        kubeconfig: &Path,
+        ca_file: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_civic-operator"));
         cmd.env_clear()
             .env("KUBECONFIG", kubeconfig)
@@ -64,9 +74,10 @@ impl Operator {
             // its own tiers).
             .args(["--webhook-enabled", "false"])
             .args(["--lease-duration", "4s", "--lease-renew-deadline", "3s"])
-            .args(["--lease-retry-period", "500ms", "--resync-interval", "1s"])
+            .args(["--lease-retry-period", "500ms"])
             .args(["--probe-interval", "1h", "--probe-min-interval", "200ms"])
-            .args(["--backoff-base", "200ms", "--backoff-max", "2s"]);
+            .args(["--backoff-base", "200ms", "--backoff-max", "2s"])
+            .args(extra);
         let process = Process::spawn(name, cmd, &format!("operator-{name}.log"))?;
         let admin = process
             .logged_addr("admin endpoints listening", Duration::from_secs(15))
@@ -538,6 +549,144 @@ async fn integration_lifecycle_under_the_chart_rbac() -> anyhow::Result<()> {
 
     assert!(!op.output().contains(CLIENT_SECRET));
     env.cluster.capture("operator-lifecycle").await?;
+    Ok(())
+}
+
+/// The status code of a failed API call, `None` when it succeeded.
+async fn refused<T>(
+    call: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Option<u16> {
+    call.await.err().and_then(|e| code(&e))
+}
+
+/// Rotating the client secret (wrong, then right) is noticed without any resync: the status
+/// goes `InvalidClient`, then `Ready`. Returns how long the rotation took to show.
+async fn rotation_is_noticed(admin: &Client) -> anyhow::Result<Duration> {
+    put_secret(admin, CLIENT_SECRET_WRONG).await?;
+    wait_conditions(admin, &[("CredentialsValid", "False", "InvalidClient")]).await?;
+    let rotated = Instant::now();
+    put_secret(admin, CLIENT_SECRET).await?;
+    wait_conditions(admin, &[("Ready", "True", "Ready")]).await?;
+    Ok(rotated.elapsed())
+}
+
+/// The chart's default Secret access: `get` by name in every namespace, never `list` or `watch`
+/// (either would hand over every Secret of the cluster); a rotation is noticed by the
+/// controller's recheck, with no resync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_wide_secret_access_is_get_only_and_rotation_is_rechecked() -> anyhow::Result<()> {
+    let env = setup().await?;
+    let admin = &env.admin;
+    put_secret(admin, CLIENT_SECRET_WRONG).await?;
+    let sa = env
+        .cluster
+        .client_for(&KubeApiServer::service_account_user(OPERATOR_NS, SA_NAME))
+        .await?;
+    let team: Api<Secret> = Api::namespaced(sa.clone(), TEAM);
+    anyhow::ensure!(
+        team.get(SECRET_NAME).await.is_ok(),
+        "get by name is granted"
+    );
+    let lp = ListParams::default();
+    assert_eq!(
+        refused(team.list(&lp)).await,
+        Some(403),
+        "list in a namespace"
+    );
+    assert_eq!(
+        refused(Api::<Secret>::all(sa.clone()).list(&lp)).await,
+        Some(403),
+        "list all"
+    );
+    let wp = kube::api::WatchParams::default();
+    assert_eq!(refused(team.watch(&wp, "0")).await, Some(403), "watch");
+    assert_eq!(
+        refused(Api::<Secret>::all(sa).list_metadata(&lp)).await,
+        Some(403),
+        "metadata list"
+    );
+
+    create_integration(admin, integration(&env.auth.token_url())).await?;
+    let _op = Operator::start_with(
+        "recheck",
+        &env.kubeconfig,
+        env.ca.ca_file(),
+        &["--resync-interval", "1h", "--secret-recheck-interval", "1s"],
+    )
+    .await?;
+    let took = rotation_is_noticed(admin).await?;
+    eprintln!("cluster-wide mode: rotation noticed in {took:?} (recheck 1 s)");
+    Ok(())
+}
+
+/// The chart's namespaced Secret mode (`controller.secretNamespaces: [team]`): Secrets of the
+/// served namespace are watched, so a rotation shows at once; every other namespace's Secrets,
+/// the operator's own among them, are out of reach, and an integration there says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaced_secret_access_watches_served_namespaces_only() -> anyhow::Result<()> {
+    const OTHER: &str = "team-b";
+    let env = common::setup_serving(EVENTUALLY, false, &[TEAM]).await?;
+    let admin = &env.admin;
+    common::create_namespace(admin, OTHER, json!({})).await?;
+    let sa = env
+        .cluster
+        .client_for(&KubeApiServer::service_account_user(OPERATOR_NS, SA_NAME))
+        .await?;
+    let lp = ListParams::default();
+    anyhow::ensure!(
+        Api::<Secret>::namespaced(sa.clone(), TEAM)
+            .list(&lp)
+            .await
+            .is_ok(),
+        "list in the served namespace"
+    );
+    for ns in [OTHER, OPERATOR_NS] {
+        let api = Api::<Secret>::namespaced(sa.clone(), ns);
+        assert_eq!(refused(api.get("anything")).await, Some(403), "get in {ns}");
+        assert_eq!(refused(api.list(&lp)).await, Some(403), "list in {ns}");
+    }
+    assert_eq!(
+        refused(Api::<Secret>::all(sa).list(&lp)).await,
+        Some(403),
+        "list all"
+    );
+
+    create_integration(admin, integration(&env.auth.token_url())).await?;
+    let mut elsewhere = integration(&env.auth.token_url());
+    elsewhere["metadata"]["namespace"] = json!(OTHER);
+    common::apply_all(admin, vec![elsewhere]).await?;
+    let _op = Operator::start_with(
+        "namespaced",
+        &env.kubeconfig,
+        env.ca.ca_file(),
+        &["--resync-interval", "1h", "--secret-namespaces", TEAM],
+    )
+    .await?;
+    let took = rotation_is_noticed(admin).await?;
+    eprintln!("namespaced mode: rotation noticed in {took:?} (watch)");
+
+    let other = Api::<CivicIntegration>::namespaced(admin.clone(), OTHER);
+    let ready = eventually(
+        "SecretForbidden in the unserved namespace",
+        EVENTUALLY,
+        || async {
+            let ci = other.get(CI_NAME).await?;
+            Ok(ci
+                .status
+                .and_then(|s| {
+                    s.conditions
+                        .into_iter()
+                        .find(|c| c.type_ == "SecretResolved")
+                })
+                .filter(|c| c.reason == "SecretForbidden"))
+        },
+    )
+    .await?;
+    anyhow::ensure!(
+        ready.message.contains("controller.secretNamespaces") && ready.message.contains(OTHER),
+        "the message names the chart value and the namespace: {}",
+        ready.message
+    );
     Ok(())
 }
 

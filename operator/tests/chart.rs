@@ -58,17 +58,7 @@ struct Helm {
 
 impl Helm {
     fn new(kubeconfig: PathBuf) -> anyhow::Result<Self> {
-        let cached = std::env::var_os("HOME")
-            .map(|h| PathBuf::from(h).join(".cache/civic-mcp/bin/helm"))
-            .filter(|p| p.is_file());
-        let on_path = std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join("helm"))
-                .find(|p| p.is_file())
-        });
-        let bin = cached.or(on_path).context(
-            "helm not found in ~/.cache/civic-mcp/bin nor on PATH: run scripts/install-helm.sh",
-        )?;
+        let bin = common::helm_bin()?;
         Ok(Self {
             bin,
             home: civic_testkit::fs::TempDir::new("helm-home"),

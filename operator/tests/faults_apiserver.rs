@@ -102,8 +102,10 @@ impl Operator {
     }
 }
 
+/// The chart's namespaced Secret mode for [`TEAM`], so that the restart test sees the Secret
+/// watch relist too (the default mode has none).
 async fn setup() -> anyhow::Result<Env> {
-    common::setup(EVENTUALLY, true).await
+    common::setup_serving(EVENTUALLY, true, &[TEAM]).await
 }
 
 /// Waits until the integration `name` has each `(type, status, reason)`.
@@ -188,6 +190,8 @@ async fn apiserver_restart_and_expired_watches_are_survived() -> anyhow::Result<
             "60s",
             "--lease-retry-period",
             "1s",
+            "--secret-namespaces",
+            TEAM,
         ],
     )
     .await?;

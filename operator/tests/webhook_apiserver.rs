@@ -237,7 +237,7 @@ async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::
     .await?;
 
     // Each replica runs controller and webhook in one process: both parts' roles, nothing more.
-    common::bind_local_user(&admin).await?;
+    common::bind_local_user(&admin, &chart_rbac()?).await?;
     let kubeconfig = cluster.write_kubeconfig(LOCAL_USER)?;
     // Two replicas from the start: both race to fill the chart's empty Secret.
     let operator = Operator::start(&kubeconfig, "civic-operator-0")?;

@@ -287,6 +287,16 @@ pub async fn setup(
     crd_established_within: Duration,
     default_service_accounts: bool,
 ) -> anyhow::Result<Env> {
+    setup_serving(crd_established_within, default_service_accounts, &[]).await
+}
+
+/// [`setup`] with the chart's namespaced Secret mode: `controller.secretNamespaces` set to
+/// `secret_namespaces` (created here if they are not [`OPERATOR_NS`] or [`TEAM`]).
+pub async fn setup_serving(
+    crd_established_within: Duration,
+    default_service_accounts: bool,
+    secret_namespaces: &[&str],
+) -> anyhow::Result<Env> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let sa_user = KubeApiServer::service_account_user(OPERATOR_NS, SA_NAME);
     let webhook_user = KubeApiServer::service_account_user(OPERATOR_NS, WEBHOOK_SA);
@@ -298,7 +308,13 @@ pub async fn setup(
         .await
         .context("starting etcd + kube-apiserver (build them with scripts/kube/build.sh)")?;
     let admin = cluster.admin_client().await?;
-    for ns in [OPERATOR_NS, TEAM] {
+    let mut namespaces = vec![OPERATOR_NS, TEAM];
+    for ns in secret_namespaces {
+        if !namespaces.contains(ns) {
+            namespaces.push(ns);
+        }
+    }
+    for ns in namespaces {
         if default_service_accounts {
             create_namespace(&admin, ns, json!({})).await?;
         } else {
@@ -309,8 +325,9 @@ pub async fn setup(
         }
     }
     install_crd(&admin, crd_established_within).await?;
-    install_rbac(&admin).await?;
-    bind_local_user(&admin).await?;
+    let rbac = chart_rbac_serving(secret_namespaces)?;
+    install_rbac(&admin, &rbac).await?;
+    bind_local_user(&admin, &rbac).await?;
     let ca = TestCa::new()?;
     let auth = FakeCivicAuth::start_tls(&ca).await?;
     secrets::register_secret(CLIENT_SECRET);
@@ -382,15 +399,53 @@ pub async fn install_crd(admin: &Client, established_within: Duration) -> anyhow
     .await
 }
 
-/// `charts/civic-mcp/templates/rbac.yaml`, rendered by substituting the release namespace.
-pub fn chart_rbac() -> anyhow::Result<Vec<Value>> {
-    let template =
-        std::fs::read_to_string(repo_root().join("charts/civic-mcp/templates/rbac.yaml"))?;
-    let rendered = template.replace("{{ .Release.Namespace }}", OPERATOR_NS);
+/// The helm binary: `scripts/install-helm.sh`'s, else the first on `PATH`.
+pub fn helm_bin() -> anyhow::Result<PathBuf> {
+    let cached = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/civic-mcp/bin/helm"))
+        .filter(|p| p.is_file());
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("helm"))
+            .find(|p| p.is_file())
+    });
+    cached.or(on_path).context(
+        "helm not found in ~/.cache/civic-mcp/bin nor on PATH: run scripts/install-helm.sh",
+    )
+}
+
+/// `charts/civic-mcp/templates/rbac.yaml` as `helm template` renders it for the release
+/// `civic-mcp` in [`OPERATOR_NS`], with `controller.secretNamespaces` set to `secret_namespaces`.
+pub fn chart_rbac_serving(secret_namespaces: &[&str]) -> anyhow::Result<Vec<Value>> {
+    let home = civic_testkit::fs::TempDir::new("helm-template");
+    let mut cmd = std::process::Command::new(helm_bin()?);
+    cmd.args(["template", "civic-mcp"])
+        .arg(repo_root().join("charts/civic-mcp"))
+        .args([
+            "--namespace",
+            OPERATOR_NS,
+            "--show-only",
+            "templates/rbac.yaml",
+        ])
+        .env("HELM_CONFIG_HOME", home.path().join("config"))
+        .env("HELM_CACHE_HOME", home.path().join("cache"))
+        .env("HELM_DATA_HOME", home.path().join("data"));
+    if !secret_namespaces.is_empty() {
+        cmd.args([
+            "--set",
+            &format!(
+                "controller.secretNamespaces={{{}}}",
+                secret_namespaces.join(",")
+            ),
+        ]);
+    }
+    let out = cmd.output().context("running helm template")?;
     ensure!(
-        !rendered.contains("{{"),
-        "rbac.yaml must only template the release namespace"
+        out.status.success(),
+        "helm template failed: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    let rendered = String::from_utf8(out.stdout)?;
     let mut docs = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(&rendered) {
         let value = serde_json::to_value(
@@ -403,10 +458,16 @@ pub fn chart_rbac() -> anyhow::Result<Vec<Value>> {
     Ok(docs)
 }
 
+/// The chart's RBAC with its defaults (cluster-wide `get` on Secrets).
+pub fn chart_rbac() -> anyhow::Result<Vec<Value>> {
+    chart_rbac_serving(&[])
+}
+
 /// Binds [`LOCAL_USER`] to every (Cluster)Role of the chart's `rbac.yaml`, exactly those.
-pub async fn bind_local_user(admin: &Client) -> anyhow::Result<()> {
-    let bindings = chart_rbac()?
-        .into_iter()
+pub async fn bind_local_user(admin: &Client, rbac: &[Value]) -> anyhow::Result<()> {
+    let bindings = rbac
+        .iter()
+        .cloned()
         .filter(|d| d["kind"] == "ClusterRoleBinding" || d["kind"] == "RoleBinding")
         .map(|mut b| {
             let name = format!(
@@ -424,12 +485,11 @@ pub async fn bind_local_user(admin: &Client) -> anyhow::Result<()> {
 }
 
 /// Applies the chart's RBAC, which must hold each kind the operator is bound by.
-pub async fn install_rbac(admin: &Client) -> anyhow::Result<()> {
-    let docs = chart_rbac()?;
+pub async fn install_rbac(admin: &Client, docs: &[Value]) -> anyhow::Result<()> {
     for k in ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"] {
         ensure!(docs.iter().any(|d| d["kind"] == k), "rbac.yaml lacks a {k}");
     }
-    apply_all(admin, docs).await
+    apply_all(admin, docs.to_vec()).await
 }
 
 /// Server-side applies every object (any kind) as the admin.
