@@ -467,8 +467,8 @@ pub fn chart_rbac() -> anyhow::Result<Vec<Value>> {
 pub async fn bind_local_user(admin: &Client, rbac: &[Value]) -> anyhow::Result<()> {
     let bindings = rbac
         .iter()
-        .cloned()
         .filter(|d| d["kind"] == "ClusterRoleBinding" || d["kind"] == "RoleBinding")
+        .cloned()
         .map(|mut b| {
             let name = format!(
                 "{}-local",
