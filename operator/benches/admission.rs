@@ -179,7 +179,7 @@ fn breakdown(body: &[u8], integrations: &[Arc<CivicIntegration>]) {
         )
         .expect("selects")
         .expect("a binding");
-        select::usable(s.integration, true).expect("usable");
+        select::usable(s.integration, true, &defaults.policy).expect("usable");
         s
     };
     let selected = choose();

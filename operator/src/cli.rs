@@ -289,6 +289,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         },
     ));
 
+    let mut policy = args.webhook.sidecar.policy();
+    if let Some(issuer) = crate::policy::discover_issuer(&client).await {
+        tracing::info!(issuer = %issuer, "tokens for the service-account issuer are refused");
+        policy.refuse_audience(&issuer);
+    }
     let webhook = crate::webhook::start(
         &args.webhook,
         client.clone(),
@@ -296,6 +301,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         &lease.identity,
         metrics.registry(),
         &health,
+        policy.clone(),
     )
     .await?;
 
@@ -313,6 +319,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 backoff_base: args.backoff_base,
                 backoff_max: args.backoff_max,
                 secrets: secret_access(&args),
+                policy,
                 ..Settings::default()
             },
             identity: lease.identity.clone(),

@@ -32,6 +32,7 @@ use crate::error::Error;
 use crate::leader::LeaderGate;
 use crate::metrics::Metrics;
 use crate::pods;
+use crate::policy::Policy;
 use crate::probe::{CredentialProbe, Plan, ProbeCache, ProbeInputs};
 use crate::status::{self, CredentialOutcome, Observed, SecretOutcome};
 use crate::validation::{self, InvalidSpec, Problem};
@@ -61,6 +62,8 @@ pub struct Settings {
     pub pod_cache_wait: Duration,
     /// Which Secrets the controller may read, and so how it notices a rotated one.
     pub secrets: SecretAccess,
+    /// The operator's policy: a spec that breaks it is `InvalidSpec` and is never probed.
+    pub policy: Policy,
 }
 
 /// Which client secrets the controller may read: exactly what its RBAC grants, so that a
@@ -103,6 +106,7 @@ impl Default for Settings {
             secrets: SecretAccess::ClusterGet {
                 recheck: Duration::from_secs(60),
             },
+            policy: Policy::default(),
         }
     }
 }
@@ -360,7 +364,7 @@ async fn reconcile_inner(obj: &CivicIntegration, ctx: &Context) -> Result<Done, 
         return Err(Error::PodCacheNotReady(settings.pod_cache_wait));
     }
     let mut observed = Observed {
-        spec: validation::validate(spec),
+        spec: validation::validate(spec, &settings.policy),
         secret: None,
         credentials: None,
         bindings: pods::binding_counts(&ctx.pods, &ns, &name, &spec.bindings),

@@ -13,6 +13,7 @@ pub mod inject;
 pub mod leader;
 pub mod metrics;
 pub mod pods;
+pub mod policy;
 pub mod probe;
 pub mod status;
 pub mod telemetry;

@@ -102,3 +102,30 @@ pub fn binding(name: &str, app: &str) -> crate::crd::ProfileBinding {
 
 /// The profile UUID of [`binding`].
 pub const PROFILE_ID: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
+
+/// A policy that also allows the loopback hosts test fakes listen on.
+pub fn loopback_policy() -> crate::policy::Policy {
+    use crate::policy::{DEFAULT_REFUSED_AUDIENCES, HostRule, Policy, PolicyArgs};
+    let hosts: Vec<HostRule> = [
+        "auth.civic.com",
+        "app.civic.com",
+        "127.0.0.1",
+        "[::1]",
+        "localhost",
+    ]
+    .iter()
+    .map(|h| HostRule::parse(h).expect("a host"))
+    .collect();
+    Policy::new(
+        &PolicyArgs {
+            allowed_token_hosts: hosts.clone(),
+            allowed_hub_hosts: hosts,
+            allowed_sidecar_images: vec![],
+            refused_audiences: DEFAULT_REFUSED_AUDIENCES
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+        },
+        crate::inject::DEFAULT_SIDECAR_IMAGE,
+    )
+}

@@ -1,5 +1,6 @@
-//! Checks the CRD schema cannot express (the 1.20 apiserver has no CEL). A spec that fails them is
-//! reported as `Ready=False, reason=InvalidSpec` and waits for the next change.
+//! Checks the CRD schema cannot express (the 1.20 apiserver has no CEL), and the operator's
+//! [`Policy`]. A spec that fails them is reported as `Ready=False, reason=InvalidSpec` and waits
+//! for the next change; the webhook denies pods of such an integration.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -13,6 +14,7 @@ use crate::crd::{
     CivicIntegrationSpec, MIN_SA_TOKEN_EXPIRATION_SECONDS, ProfileBinding, SecretKeyRef,
     SubjectSource,
 };
+use crate::policy::Policy;
 
 /// Kubernetes caps projected service-account token lifetimes at 2^32 seconds.
 const MAX_SA_TOKEN_EXPIRATION_SECONDS: i64 = 1 << 32;
@@ -76,8 +78,8 @@ impl Problems {
     }
 }
 
-/// Validates a spec; `Err` lists every problem, in field order.
-pub fn validate(spec: &CivicIntegrationSpec) -> Result<(), InvalidSpec> {
+/// Validates a spec under `policy`; `Err` lists every problem, in field order.
+pub fn validate(spec: &CivicIntegrationSpec, policy: &Policy) -> Result<(), InvalidSpec> {
     let mut p = Problems::default();
 
     if spec.client_id.trim().is_empty() {
@@ -89,8 +91,16 @@ pub fn validate(spec: &CivicIntegrationSpec) -> Result<(), InvalidSpec> {
         p.push("spec.clientId", "must not contain control characters");
     }
     secret_ref(&mut p, "spec.clientSecretRef", &spec.client_secret_ref);
-    endpoint_url(&mut p, "spec.hubUrl", &spec.hub_url);
-    endpoint_url(&mut p, "spec.tokenUrl", &spec.token_url);
+    if let Some(url) = endpoint_url(&mut p, "spec.hubUrl", &spec.hub_url)
+        && let Err(e) = policy.hub_url(&url)
+    {
+        p.push("spec.hubUrl", e);
+    }
+    if let Some(url) = endpoint_url(&mut p, "spec.tokenUrl", &spec.token_url)
+        && let Err(e) = policy.token_url(&url)
+    {
+        p.push("spec.tokenUrl", e);
+    }
 
     let mut names = BTreeSet::new();
     for (i, b) in spec.bindings.iter().enumerate() {
@@ -102,12 +112,14 @@ pub fn validate(spec: &CivicIntegrationSpec) -> Result<(), InvalidSpec> {
         if !names.insert(b.name.as_str()) {
             p.push(&path, "binding names must be unique");
         }
-        binding(&mut p, &path, b);
+        binding(&mut p, &path, b, policy);
     }
-    if let Some(image) = spec.sidecar.as_ref().and_then(|s| s.image.as_deref())
-        && (image.trim().is_empty() || image.chars().any(char::is_whitespace))
-    {
-        p.push("spec.sidecar.image", "must be a non-empty image reference");
+    if let Some(image) = spec.sidecar.as_ref().and_then(|s| s.image.as_deref()) {
+        if image.trim().is_empty() || image.chars().any(char::is_whitespace) {
+            p.push("spec.sidecar.image", "must be a non-empty image reference");
+        } else if let Err(e) = policy.sidecar_image(image) {
+            p.push("spec.sidecar.image", e);
+        }
     }
     if let Some(r) = spec.sidecar.as_ref().and_then(|s| s.resources.as_ref()) {
         sidecar_resources(&mut p, r);
@@ -120,7 +132,7 @@ pub fn validate(spec: &CivicIntegrationSpec) -> Result<(), InvalidSpec> {
     }
 }
 
-fn binding(p: &mut Problems, path: &str, b: &ProfileBinding) {
+fn binding(p: &mut Problems, path: &str, b: &ProfileBinding, policy: &Policy) {
     if !is_dns_label(&b.name) {
         p.push(
             format!("{path}.name"),
@@ -158,6 +170,8 @@ fn binding(p: &mut Problems, path: &str, b: &ProfileBinding) {
                     format!("{subject}.serviceAccountToken.audience"),
                     "must not be blank",
                 );
+            } else if let Err(e) = policy.audience(&sa.audience) {
+                p.push(format!("{subject}.serviceAccountToken.audience"), e);
             }
             if !(MIN_SA_TOKEN_EXPIRATION_SECONDS..=MAX_SA_TOKEN_EXPIRATION_SECONDS)
                 .contains(&sa.expiration_seconds)
@@ -335,12 +349,13 @@ fn quantity_value(s: &str) -> Option<f64> {
 }
 
 /// HTTPS anywhere; plain HTTP only to a loopback host (tests and local fakes).
-fn endpoint_url(p: &mut Problems, path: &str, raw: &str) {
+/// The URL when it parses (policy checks follow even if another rule failed).
+fn endpoint_url(p: &mut Problems, path: &str, raw: &str) -> Option<Url> {
     let url = match Url::parse(raw) {
         Ok(u) => u,
         Err(e) => {
             p.push(path, format!("is not a URL: {e}"));
-            return;
+            return None;
         }
     };
     match url.scheme() {
@@ -358,6 +373,7 @@ fn endpoint_url(p: &mut Problems, path: &str, raw: &str) {
     if url.fragment().is_some() {
         p.push(path, "must not have a fragment");
     }
+    Some(url)
 }
 
 fn is_loopback(url: &Url) -> bool {
@@ -492,7 +508,7 @@ mod tests {
     }
 
     fn paths(spec: &CivicIntegrationSpec) -> Vec<String> {
-        match validate(spec) {
+        match validate(spec, &Policy::default()) {
             Ok(()) => vec![],
             Err(e) => e.0.into_iter().map(|p| p.path).collect(),
         }
@@ -500,7 +516,7 @@ mod tests {
 
     #[test]
     fn a_good_spec_passes() {
-        assert_eq!(validate(&spec()), Ok(()));
+        assert_eq!(validate(&spec(), &Policy::default()), Ok(()));
     }
 
     #[test]
@@ -508,9 +524,20 @@ mod tests {
         let mut s = spec();
         s.token_url = "http://127.0.0.1:4567/oauth/token".into();
         s.hub_url = "http://[::1]:80/hub/mcp".into();
-        assert_eq!(validate(&s), Ok(()));
+        let loopback = crate::testing::loopback_policy();
+        assert_eq!(validate(&s, &loopback), Ok(()));
         s.hub_url = "http://localhost/hub/mcp".into();
-        assert_eq!(validate(&s), Ok(()));
+        assert_eq!(validate(&s, &loopback), Ok(()));
+        let e = validate(&s, &Policy::default()).unwrap_err().to_string();
+        assert!(
+            e.contains("spec.hubUrl: hub host \"localhost\" is not allowed"),
+            "{e}"
+        );
+        assert!(
+            e.contains("spec.tokenUrl: token host \"127.0.0.1\" is not allowed"),
+            "{e}"
+        );
+        s.hub_url = "https://app.civic.com/hub/mcp".into();
         s.token_url = "http://auth.civic.com/oauth/token".into();
         assert_eq!(paths(&s), ["spec.tokenUrl"]);
         s.token_url = "ftp://auth.civic.com/x".into();
@@ -534,7 +561,7 @@ mod tests {
     fn duplicate_binding_names_are_reported() {
         let mut s = spec();
         s.bindings.push(binding("support"));
-        let e = validate(&s).unwrap_err();
+        let e = validate(&s, &Policy::default()).unwrap_err();
         assert_eq!(e.0.len(), 1);
         assert!(e.to_string().contains("unique"), "{e}");
     }
@@ -573,7 +600,7 @@ mod tests {
                 "spec.bindings[Bad_Name].subject.serviceAccountToken.expirationSeconds",
             ]
         );
-        let msg = validate(&s).unwrap_err().to_string();
+        let msg = validate(&s, &Policy::default()).unwrap_err().to_string();
         assert!(msg.contains("needs at least one value"), "{msg}");
         assert!(msg.contains("between 600"), "{msg}");
     }
@@ -591,7 +618,7 @@ mod tests {
         ] {
             s.bindings[0].subject =
                 SubjectSource::RequestHeader(RequestHeaderSubject { name: name.into() });
-            assert_eq!(validate(&s).is_ok(), ok, "{name}");
+            assert_eq!(validate(&s, &Policy::default()).is_ok(), ok, "{name}");
         }
     }
 
@@ -602,7 +629,7 @@ mod tests {
             name: "civic-token".into(),
             key: "token".into(),
         });
-        assert_eq!(validate(&s), Ok(()));
+        assert_eq!(validate(&s, &Policy::default()), Ok(()));
         s.bindings[0].scope = Some("mcp".into());
         s.bindings[0].token_ttl_seconds = Some(600);
         assert_eq!(
@@ -624,7 +651,7 @@ mod tests {
         let uuid = "5b3d1a52-8f0e-4c7a-9a61-0d3e5c2b7f11";
         let mut s = spec();
         s.bindings[0].profiles = vec![named("support", uuid), named("billing-tools", uuid)];
-        assert_eq!(validate(&s), Ok(()));
+        assert_eq!(validate(&s, &Policy::default()), Ok(()));
         s.bindings[0].profiles = vec![
             named("default", uuid),
             named("Sales", uuid),
@@ -640,7 +667,7 @@ mod tests {
                 "spec.bindings[support].profiles[3].name",
             ]
         );
-        let msg = validate(&s).unwrap_err().to_string();
+        let msg = validate(&s, &Policy::default()).unwrap_err().to_string();
         assert!(msg.contains("reserved") && msg.contains("unique"), "{msg}");
         s.bindings[0].profiles = (0..9).map(|i| named(&format!("p{i}"), uuid)).collect();
         assert_eq!(paths(&s), ["spec.bindings[support].profiles"]);

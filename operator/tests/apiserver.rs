@@ -70,6 +70,7 @@ impl Operator {
             .env("POD_NAME", name)
             .env("CIVIC_OPERATOR_TOKEN_URL_CA_FILE", ca_file)
             .args(["run", "--admin-addr", "127.0.0.1:0"])
+            .envs(common::LOOPBACK_POLICY)
             // The controller alone, as the chart's controller Deployment runs it (the webhook has
             // its own tiers).
             .args(["--webhook-enabled", "false"])

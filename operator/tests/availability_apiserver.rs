@@ -47,6 +47,7 @@ fn operator(env: &Env, name: &str, flags: &[&str]) -> anyhow::Result<Operator> {
         .env("POD_NAME", name)
         .env("CIVIC_OPERATOR_LOG", "info,civic_operator=debug")
         .args(["run", "--admin-addr", "127.0.0.1:0"])
+        .envs(common::LOOPBACK_POLICY)
         .args(common::LOOPBACK_WEBHOOK)
         .args(["--webhook-cert-check-interval", "1s"])
         .args(["--drain-period", &format!("{}ms", DRAIN.as_millis())])

@@ -318,6 +318,9 @@ async fn helm_install_operator_under_chart_rbac_upgrade_and_uninstall() -> anyho
         "--namespace",
         NS,
         "--create-namespace",
+        // The fake Civic Auth listens on loopback; the chart's policy allows Civic's host only.
+        "--set",
+        "policy.allowedTokenHosts={localhost,127.0.0.1}",
     ])
     .await?;
     let manifest = helm

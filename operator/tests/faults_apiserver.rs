@@ -77,6 +77,7 @@ impl Operator {
             .env("POD_NAMESPACE", OPERATOR_NS)
             .env("POD_NAME", name)
             .env("CIVIC_OPERATOR_TOKEN_URL_CA_FILE", env.ca.ca_file())
+            .envs(common::LOOPBACK_POLICY)
             .args([
                 "run",
                 "--admin-addr",

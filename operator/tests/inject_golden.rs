@@ -13,6 +13,7 @@ use std::process::Command;
 use anyhow::{Context as _, bail, ensure};
 use civic_operator::inject::workload::{self, Outcome, Report};
 use civic_operator::inject::{InjectDefaults, SIDECAR_CONTAINER, SidecarMode};
+use civic_operator::policy::{DEFAULT_REFUSED_AUDIENCES, HostRule, Policy, PolicyArgs};
 use serde_json::Value;
 
 const IMAGE: &str = "ghcr.io/civic-mcp/civic-sidecar:golden";
@@ -22,10 +23,31 @@ fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
+/// The chart's default policy, plus the pinned image one golden integration overrides with.
+fn policy() -> Policy {
+    let hosts = |h: &str| vec![HostRule::parse(h).expect("a host")];
+    Policy::new(
+        &PolicyArgs {
+            allowed_token_hosts: hosts("auth.civic.com"),
+            allowed_hub_hosts: hosts("app.civic.com"),
+            allowed_sidecar_images: vec![
+                "ghcr.io/civic-mcp/civic-sidecar".into(),
+                "registry.example.com/civic-sidecar".into(),
+            ],
+            refused_audiences: DEFAULT_REFUSED_AUDIENCES
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+        },
+        IMAGE,
+    )
+}
+
 fn defaults(mode: SidecarMode) -> InjectDefaults {
     InjectDefaults {
         image: IMAGE.into(),
         mode,
+        policy: policy(),
         ..InjectDefaults::default()
     }
 }
@@ -332,6 +354,10 @@ fn inject_command(args: &[&str], stdin: &str) -> anyhow::Result<(i32, String, St
     let mut child = Command::new(env!("CARGO_BIN_EXE_civic-operator"))
         .arg("inject")
         .args(["--sidecar-image", IMAGE])
+        .args([
+            "--allowed-sidecar-images",
+            "ghcr.io/civic-mcp/civic-sidecar,registry.example.com/civic-sidecar",
+        ])
         .args(args)
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
         .env_clear()

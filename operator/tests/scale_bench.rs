@@ -249,6 +249,7 @@ async fn operator_at_scale() -> anyhow::Result<()> {
         .env("POD_NAMESPACE", common::OPERATOR_NS)
         .env("POD_NAME", "scale")
         .env("CIVIC_OPERATOR_TOKEN_URL_CA_FILE", env.ca.ca_file())
+        .envs(common::LOOPBACK_POLICY)
         .args([
             "run",
             "--admin-addr",

@@ -55,6 +55,7 @@ impl Operator {
             .env("POD_NAME", name)
             .env("CIVIC_OPERATOR_LOG", "info,civic_operator=debug")
             .args(["run", "--admin-addr", "127.0.0.1:0"])
+            .envs(common::LOOPBACK_POLICY)
             .args(common::LOOPBACK_WEBHOOK)
             .args(["--webhook-ca-validity", CA_VALIDITY])
             .args(["--webhook-cert-validity", CERT_VALIDITY])

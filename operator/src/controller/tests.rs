@@ -83,6 +83,23 @@ fn integration(token_url: &str, status: Option<CivicIntegrationStatus>) -> Arc<C
 
 const GOOD_URL: &str = "https://auth.example/oauth/token";
 
+/// The defaults, with `auth.example` allowed and the namespaced Secret mode (no recheck, so a
+/// healthy integration requeues at the resync).
+fn settings() -> Settings {
+    use crate::policy::{HostRule, PolicyArgs};
+    let args = PolicyArgs {
+        allowed_token_hosts: vec![HostRule::parse("auth.example").unwrap()],
+        allowed_hub_hosts: vec![HostRule::parse("app.civic.com").unwrap()],
+        allowed_sidecar_images: vec![],
+        refused_audiences: vec![],
+    };
+    Settings {
+        secrets: SecretAccess::Namespaces(["team".to_owned()].into()),
+        policy: Policy::new(&args, crate::inject::DEFAULT_SIDECAR_IMAGE),
+        ..Settings::default()
+    }
+}
+
 fn secret_json(rv: &str) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Secret",
@@ -112,7 +129,7 @@ fn fixture(mock_client: Client, probe: Arc<ScriptedProbe>, leading: bool) -> Fix
             Duration::from_secs(5),
         )),
         metrics: metrics.clone(),
-        settings: Settings::default(),
+        settings: settings(),
         identity: "op-test".into(),
     };
     Fixture {
@@ -220,7 +237,7 @@ async fn missing_secret_is_reported_and_announced() {
         ]
     );
     let action = run.await.unwrap().unwrap();
-    assert_eq!(action, Action::requeue(Settings::default().resync));
+    assert_eq!(action, Action::requeue(settings().resync));
     assert_eq!(f.probe.calls.load(Ordering::SeqCst), 0);
     assert_eq!(f.metrics.status_writes.get(), 1);
 }
@@ -341,7 +358,7 @@ async fn invalid_client_is_a_false_verdict() {
     // A verdict, not an error: wait for the verdict to go stale (or a change).
     assert_eq!(
         run.await.unwrap().unwrap(),
-        Action::requeue(Settings::default().resync)
+        Action::requeue(settings().resync)
     );
 }
 
@@ -453,6 +470,30 @@ async fn an_invalid_spec_skips_the_secret_and_waits_for_a_change() {
     assert!(msg.starts_with("spec.tokenUrl: must use https"), "{msg}");
     expect_events(&mut mock, 3).await;
     assert_eq!(run.await.unwrap().unwrap(), Action::await_change());
+}
+
+/// A token URL outside the operator's policy is an invalid spec: its Secret is not read and the
+/// credential probe never contacts the host.
+#[tokio::test]
+async fn a_token_host_outside_the_policy_is_never_probed() {
+    let (client, mut mock) = ApiMock::new();
+    let f = fixture(client, ScriptedProbe::with(vec![]), true);
+    let obj = integration("https://collector.example/oauth/token", None);
+    let run = tokio::spawn(reconcile(obj.clone(), f.ctx.clone()));
+    let body = expect_status_apply(&mut mock, &obj).await;
+    assert_eq!(
+        conditions_of(&body)[0],
+        row("Ready", "False", reason::INVALID_SPEC)
+    );
+    let msg = body["status"]["conditions"][0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("spec.tokenUrl: token host \"collector.example\" is not allowed")
+            && msg.contains("policy.allowedTokenHosts: auth.example"),
+        "{msg}"
+    );
+    expect_events(&mut mock, 3).await;
+    assert_eq!(run.await.unwrap().unwrap(), Action::await_change());
+    assert_eq!(f.probe.calls.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 
 use super::workload::{self, Outcome};
 use super::{DEFAULT_SIDECAR_IMAGE, InjectDefaults, SidecarMode};
+use crate::policy::{Policy, PolicyArgs};
 use civic_sidecar::contract;
 
 /// Default of `--sidecar-resources`.
@@ -59,6 +60,10 @@ pub struct SidecarArgs {
     /// the public web roots. Empty: none.
     #[arg(long, env = "CIVIC_OPERATOR_SIDECAR_CA_CONFIGMAP", default_value = "")]
     pub sidecar_ca_configmap: String,
+
+    /// Where integrations may send credentials and which sidecar images they may name.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 }
 
 /// Resource requirements from JSON or YAML, every quantity checked.
@@ -111,7 +116,14 @@ impl SidecarArgs {
             log: self.sidecar_log.clone(),
             ca_config_map: Some(self.sidecar_ca_configmap.trim().to_owned())
                 .filter(|s| !s.is_empty()),
+            policy: self.policy(),
         }
+    }
+
+    /// The operator's policy; the default sidecar image's repository is allowed unless
+    /// `--allowed-sidecar-images` says otherwise.
+    pub fn policy(&self) -> Policy {
+        Policy::new(&self.policy, &self.sidecar_image)
     }
 }
 

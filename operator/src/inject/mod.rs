@@ -99,6 +99,8 @@ pub struct InjectDefaults {
     /// A ConfigMap in the pod's namespace whose key `ca.crt` the sidecar trusts besides the web
     /// roots (`CIVIC_CA_FILE`).
     pub ca_config_map: Option<String>,
+    /// The operator's policy: a pod of an integration that breaks it gets no sidecar.
+    pub policy: crate::policy::Policy,
 }
 
 impl Default for InjectDefaults {
@@ -112,6 +114,7 @@ impl Default for InjectDefaults {
             admin_port: contract::ADMIN_PORT,
             log: contract::DEFAULT_LOG.to_owned(),
             ca_config_map: None,
+            policy: crate::policy::Policy::default(),
         }
     }
 }

@@ -17,6 +17,7 @@ use kube::core::SelectorExt;
 use crate::annotations::{BINDING_ANNOTATION, parse_binding_ref};
 use crate::conditions;
 use crate::crd::{CivicIntegration, ProfileBinding};
+use crate::policy::Policy;
 use crate::validation;
 
 /// The binding that selects a pod.
@@ -225,10 +226,16 @@ impl UnusableError {
     }
 }
 
-/// Validation always; with `check_status`, the `Ready` condition too (the CLI has no status).
-pub fn usable(integration: &CivicIntegration, check_status: bool) -> Result<Usable, UnusableError> {
+/// Validation under `policy` always; with `check_status`, the `Ready` condition too (the CLI
+/// has no status). The policy is checked here, not only through the status, so that a pod is
+/// denied even before the controller has seen an integration that breaks it.
+pub fn usable(
+    integration: &CivicIntegration,
+    check_status: bool,
+    policy: &Policy,
+) -> Result<Usable, UnusableError> {
     let name = integration.metadata.name.clone().unwrap_or_default();
-    if let Err(invalid) = validation::validate(&integration.spec) {
+    if let Err(invalid) = validation::validate(&integration.spec, policy) {
         return Err(UnusableError::Invalid {
             integration: name,
             problems: invalid.to_string(),

@@ -16,6 +16,7 @@ use crate::crd::{
 
 const PROFILE: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
 
+use crate::policy::Policy;
 use crate::testing::binding;
 
 fn integration(name: &str, bindings: Vec<ProfileBinding>) -> CivicIntegration {
@@ -959,35 +960,55 @@ fn with_ready(mut ci: CivicIntegration, status: &str, generation: Option<i64>) -
 fn readiness_decides_deny_warn_or_inject() {
     let ci = integration("civic", vec![binding("support", "agent")]);
     assert!(
-        matches!(usable(&ci, true), Ok(Usable::Unverified { .. })),
+        matches!(
+            usable(&ci, true, &Policy::default()),
+            Ok(Usable::Unverified { .. })
+        ),
         "no status yet"
     );
     assert_eq!(
-        usable(&with_ready(ci.clone(), "True", Some(3)), true),
+        usable(
+            &with_ready(ci.clone(), "True", Some(3)),
+            true,
+            &Policy::default()
+        ),
         Ok(Usable::Ready)
     );
-    let err = usable(&with_ready(ci.clone(), "False", Some(3)), true).unwrap_err();
+    let err = usable(
+        &with_ready(ci.clone(), "False", Some(3)),
+        true,
+        &Policy::default(),
+    )
+    .unwrap_err();
     assert!(matches!(err, UnusableError::NotReady { .. }));
     assert!(err.to_string().contains("SecretNotFound"), "{err}");
     assert!(
         matches!(
-            usable(&with_ready(ci.clone(), "False", Some(2)), true),
+            usable(
+                &with_ready(ci.clone(), "False", Some(2)),
+                true,
+                &Policy::default()
+            ),
             Ok(Usable::Unverified { .. })
         ),
         "a verdict about an older generation is stale"
     );
     assert!(matches!(
-        usable(&with_ready(ci.clone(), "Unknown", Some(3)), true),
+        usable(
+            &with_ready(ci.clone(), "Unknown", Some(3)),
+            true,
+            &Policy::default()
+        ),
         Ok(Usable::Unverified { .. })
     ));
     assert_eq!(
-        usable(&with_ready(ci, "False", Some(3)), false),
+        usable(&with_ready(ci, "False", Some(3)), false, &Policy::default()),
         Ok(Usable::Ready),
         "CLI"
     );
 
     let mut invalid = integration("civic", vec![binding("support", "agent")]);
     invalid.spec.token_url = "http://auth.example.com/token".into();
-    let err = usable(&invalid, false).unwrap_err();
+    let err = usable(&invalid, false, &Policy::default()).unwrap_err();
     assert!(err.to_string().contains("spec.tokenUrl"), "{err}");
 }

@@ -226,7 +226,7 @@ fn inject_template(
         }
         return Ok(Outcome::NoMatch);
     };
-    select::usable(selected.integration, false)?;
+    select::usable(selected.integration, false, &defaults.policy)?;
     // As on a webhook reinvocation, an injected template is verified, and only missing
     // CIVIC_MCP_URLs are added.
     let injected = inject(&pod, selected.integration, selected.binding, defaults)?;

@@ -148,7 +148,7 @@ impl<S: IntegrationSource> Admission<S> {
 
         if let Some(cached) = self.source.cached(&namespace)
             && let Ok(Some(selected)) = choose(pod, &namespace, &cached)
-            && let Ok(usable) = select::usable(selected.integration, true)
+            && let Ok(usable) = select::usable(selected.integration, true, &self.defaults.policy)
         {
             return self.inject(response, pod, selected, usable);
         }
@@ -191,10 +191,12 @@ impl<S: IntegrationSource> Admission<S> {
         match choose(pod, &namespace, &integrations) {
             Err(e) => deny(response, e.to_string()),
             Ok(None) => self.no_match(response, request, pod, &namespace),
-            Ok(Some(selected)) => match select::usable(selected.integration, true) {
-                Ok(usable) => self.inject(response, pod, selected, usable),
-                Err(e) => deny(response, e.to_string()),
-            },
+            Ok(Some(selected)) => {
+                match select::usable(selected.integration, true, &self.defaults.policy) {
+                    Ok(usable) => self.inject(response, pod, selected, usable),
+                    Err(e) => deny(response, e.to_string()),
+                }
+            }
         }
     }
 

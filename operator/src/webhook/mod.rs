@@ -34,6 +34,7 @@ use self::metrics::WebhookMetrics;
 use crate::admin::Health;
 use crate::certs::material::Policy;
 use crate::certs::{self, SelfManaged};
+use crate::inject::InjectDefaults;
 use crate::inject::SidecarMode;
 use crate::inject::command::{ModeArg, SidecarArgs};
 
@@ -300,6 +301,7 @@ pub async fn start(
     identity: &str,
     registry: &Registry,
     health: &Health,
+    policy: crate::policy::Policy,
 ) -> Result<Option<Webhook>, WebhookError> {
     if !args.webhook_enabled {
         tracing::info!("admission webhook disabled");
@@ -358,7 +360,10 @@ pub async fn start(
     let events = Arc::new(RecorderSink::new(client, identity.to_owned()));
     let admission = Arc::new(Admission::new(
         integrations,
-        args.sidecar.defaults(mode),
+        InjectDefaults {
+            policy,
+            ..args.sidecar.defaults(mode)
+        },
         events,
         metrics,
         args.webhook_lookup_timeout,

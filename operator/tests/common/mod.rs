@@ -46,6 +46,17 @@ pub const CERT_SECRET: &str = "civic-mcp-webhook-tls";
 
 /// Flags of a test webhook: a free loopback port, a serving certificate that covers 127.0.0.1,
 /// the chart's webhook configuration name and a fixed sidecar image.
+/// The operator's policy as the tests need it: the fake Civic Auth and hub listen on loopback
+/// (the chart's defaults allow Civic's hosts only). Environment, not flags, so that the scale
+/// benchmark's build of an older commit ignores it.
+pub const LOOPBACK_POLICY: [(&str, &str); 2] = [
+    ("CIVIC_OPERATOR_ALLOWED_TOKEN_HOSTS", "localhost,127.0.0.1"),
+    (
+        "CIVIC_OPERATOR_ALLOWED_HUB_HOSTS",
+        "localhost,127.0.0.1,app.civic.com",
+    ),
+];
+
 pub const LOOPBACK_WEBHOOK: [&str; 8] = [
     "--webhook-addr",
     "127.0.0.1:0",
