@@ -26,6 +26,11 @@ fuzz_version=0.13.2
 if ! cargo fuzz --version 2>/dev/null | grep -qF "$fuzz_version"; then
   cargo install --locked cargo-fuzz --version "$fuzz_version"
 fi
+# cargo-deny for scripts/deny.sh (deny.toml); pinned likewise. A cold build takes ~4.5 min here.
+deny_version=0.20.2
+if ! cargo deny --version 2>/dev/null | grep -qxF "cargo-deny $deny_version"; then
+  cargo install --locked cargo-deny --version "$deny_version"
+fi
 
 step "official MCP SDK peers (python mcp, node @modelcontextprotocol/sdk)"
 bash tests/peers/install.sh

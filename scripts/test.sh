@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: setup (idempotent), format, lints, every test tier that runs without kind.
+# The whole test suite: setup (idempotent), format, lints, dependency policy (deny.toml), every
+# test tier that runs without kind.
 # Usage: scripts/test.sh            (CIVIC_SKIP_SETUP=1 to skip the setup step)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo deny: bans, licenses, sources (deny.toml; offline, no advisories)"
+bash scripts/deny.sh
 
 step "cargo nextest (unit, loopback, SDK peers, kube-apiserver tier)"
 rm -rf target/civic-test-logs
