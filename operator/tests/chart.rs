@@ -44,7 +44,7 @@ const EVENTUALLY: Duration = Duration::from_secs(60);
 const OPERATOR_NAME: &str = "chart-operator-0";
 const WEBHOOK_NAME: &str = "chart-webhook-0";
 /// Fixed by the chart, like the Secret below.
-const WEBHOOK_CONFIG: &str = "civic-mcp";
+const WEBHOOK_CONFIG: &str = "civic-mcp-civic-system";
 const WEBHOOK_TLS_SECRET: &str = "civic-mcp-webhook-tls";
 /// What the apiserver calls: the chart's webhook Service in the release namespace.
 const WEBHOOK_DNS_NAME: &str = "civic-mcp-webhook.civic-system.svc";

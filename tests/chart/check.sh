@@ -128,7 +128,39 @@ else
   bad "schema rejected valid values"
 fi
 
-# 5. Scripts.
+reject policy.allowedTokenHosts --set 'policy.allowedTokenHosts={https://auth.civic.com}'
+reject policy.allowedSidecarImages --set 'policy.allowedSidecarImages={a b}'
+reject controller.secretNamespaces --set 'controller.secretNamespaces={Team_A}'
+
+# 5. Two releases never share an object: the same release name in two namespaces (the second
+# with its CRD managed by the first), and two release names in one namespace. Only the CRD, which
+# the cluster holds once, may appear in both.
+collisions() { # $1 $2 renders
+  "$venv/bin/python" - "$1" "$2" <<'PY'
+import sys, yaml
+def keys(path):
+    return {(d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"])
+            for d in yaml.safe_load_all(open(path)) if d}
+shared = sorted(k for k in keys(sys.argv[1]) & keys(sys.argv[2]) if k[0] != "CustomResourceDefinition")
+for k in shared:
+    print("shared:", *k)
+sys.exit(1 if shared else 0)
+PY
+}
+helm template "$release" "$chart" --namespace team-a --kube-version "$kube_version" >"$work/rel-a.yaml"
+helm template "$release" "$chart" --namespace team-b --kube-version "$kube_version" --set crds.install=false >"$work/rel-b.yaml"
+helm template other "$chart" --namespace team-a --kube-version "$kube_version" --set crds.install=false >"$work/rel-c.yaml"
+if collisions "$work/rel-a.yaml" "$work/rel-b.yaml" && collisions "$work/rel-a.yaml" "$work/rel-c.yaml"; then
+  ok "two releases (same name in two namespaces; two names in one namespace) share no object"
+else
+  bad "two releases would collide"
+fi
+# The check itself must be able to fail: one release rendered twice shares everything.
+if collisions "$work/rel-a.yaml" "$work/rel-a.yaml" >/dev/null; then
+  bad "the collision check passed a release against itself"
+fi
+
+# 6. Scripts.
 scripts=(tests/chart/*.sh)
 [ -d tests/e2e ] && scripts+=(tests/e2e/*.sh)
 if shellcheck -x "${scripts[@]}"; then

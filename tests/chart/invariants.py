@@ -24,6 +24,18 @@ CLUSTER_SCOPED = {
 }
 
 
+def served_secrets_rbac(d):
+    """The namespaced Secret mode's Role (secrets get/list/watch, nothing else) or its binding:
+    the only objects rendered outside the release namespace (controller.secretNamespaces)."""
+    if d["kind"] == "RoleBinding":
+        return d["roleRef"]["name"] == d["metadata"]["name"] and d["metadata"]["name"].endswith("-secrets")
+    if d["kind"] != "Role" or not d["metadata"]["name"].endswith("-secrets"):
+        return False
+    return d.get("rules") == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}
+    ]
+
+
 def main(render_path, namespace, crd_path):
     docs = [d for d in yaml.safe_load_all(open(render_path)) if d]
     errors = []
@@ -44,14 +56,14 @@ def main(render_path, namespace, crd_path):
     names = {}
     for d in docs:
         key = (d["kind"], d["metadata"]["name"])
-        if key in names:
+        if (key, d["metadata"].get("namespace")) in names:
             fail(f"duplicate object {key}")
-        names[key] = d
+        names[(key, d["metadata"].get("namespace"))] = d
         ns = d["metadata"].get("namespace")
         if d["kind"] in CLUSTER_SCOPED:
             if ns:
                 fail(f"cluster-scoped {key} has a namespace")
-        elif ns != namespace:
+        elif ns != namespace and not served_secrets_rbac(d):
             fail(f"{key} is in namespace {ns!r}, not the release namespace {namespace!r}")
 
     # Two Deployments: the controller and the webhook, apart so that one cannot take the other down.
@@ -100,7 +112,7 @@ def main(render_path, namespace, crd_path):
         if not selector or any(labels.get(k) != v for k, v in selector.items()):
             fail(f"{component}: Deployment selector does not match its pod labels")
         sa = pod.get("serviceAccountName")
-        if ("ServiceAccount", sa) not in names:
+        if (("ServiceAccount", sa), namespace) not in names:
             fail(f"{component}: Deployment's ServiceAccount {sa!r} is not rendered")
         bound = any(
             s.get("kind") == "ServiceAccount" and s.get("name") == sa and s.get("namespace") == namespace
@@ -117,7 +129,7 @@ def main(render_path, namespace, crd_path):
     if "webhook" in portses["controller"]:
         fail("the controller exposes a webhook port")
     lease = envs["controller"].get("CIVIC_OPERATOR_LEASE_NAME")
-    if ("Lease", lease) not in names:
+    if (("Lease", lease), namespace) not in names:
         fail(f"the Lease the controller uses ({lease!r}) is not rendered, so uninstall would leave it")
     # A terminating webhook pod drains, then gives admissions in flight 10 s, inside its grace.
     drain = envs["webhook"].get("CIVIC_OPERATOR_DRAIN_PERIOD") or "5s"
@@ -191,7 +203,7 @@ def main(render_path, namespace, crd_path):
     annotations = mwc.get("metadata", {}).get("annotations") or {}
     if mode == "self-managed":
         secret = env.get("CIVIC_OPERATOR_WEBHOOK_CERT_SECRET")
-        if ("Secret", secret) not in names:
+        if (("Secret", secret), namespace) not in names:
             fail(f"self-managed TLS: Secret {secret!r} is not rendered, so uninstall would leave it")
         if "cert-manager.io/inject-ca-from" in annotations or objs("Certificate"):
             fail("self-managed TLS renders cert-manager objects")

@@ -253,7 +253,7 @@ two_ready_one_leads() {
 }
 retry 120 2 two_ready_one_leads || die "expected two Ready controller pods with the leader among them and two Ready webhook pods (controller: $(operator_pods controller); leader: $(leader); webhook: $(operator_pods webhook))"
 ca_bundle_filled() {
-  [ -n "$(kubectl get mutatingwebhookconfiguration "$RELEASE" -o jsonpath='{.webhooks[0].clientConfig.caBundle}')" ]
+  [ -n "$(kubectl get mutatingwebhookconfiguration "$RELEASE-$OPERATOR_NS" -o jsonpath='{.webhooks[0].clientConfig.caBundle}')" ]
 }
 retry 60 2 ca_bundle_filled || die "the operator did not fill the webhook's caBundle"
 pass "chart installed: controller pods $(operator_pods controller) Ready, leader $(leader); webhook pods $(operator_pods webhook) Ready; CRD established; caBundle filled"

@@ -1,6 +1,7 @@
 {{/*
-Names, labels and shared snippets. rbac.yaml uses the same helpers, so the ServiceAccount,
-Roles and bindings always agree on names.
+Names, labels and shared snippets. Every template names objects through these helpers, so the
+ServiceAccounts, Roles, bindings and the operator's environment always agree, and two releases
+(in different namespaces, or with different names) never share an object.
 */}}
 
 {{/* Chart name, overridable. */}}
@@ -50,14 +51,22 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: {{ index . 1 }}
 {{- end }}
 
-{{/* Fixed: rbac.yaml (rendered by plain namespace substitution in the operator's tests) names it. */}}
-{{- define "civic-mcp.serviceAccountName" -}}
-civic-mcp-operator
+{{/*
+Cluster-scoped objects (ClusterRoles and their bindings, the webhook configuration) carry the
+release namespace too: two releases of the same name in different namespaces must not collide.
+*/}}
+{{- define "civic-mcp.clusterScopedName" -}}
+{{- printf "%s-%s" (include "civic-mcp.fullname" .) .Release.Namespace | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Fixed, like the controller's: rbac.yaml binds the webhook's roles to it. */}}
+{{/* The controller's ServiceAccount. */}}
+{{- define "civic-mcp.serviceAccountName" -}}
+{{- printf "%s-operator" (include "civic-mcp.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The webhook's ServiceAccount. */}}
 {{- define "civic-mcp.webhookServiceAccountName" -}}
-civic-mcp-webhook
+{{- printf "%s-webhook" (include "civic-mcp.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
 {{/* Object names shared between templates and the operator's environment. */}}
@@ -69,23 +78,23 @@ civic-mcp-webhook
 {{- printf "%s-metrics" (include "civic-mcp.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Fixed, like the ServiceAccount and Lease: rbac.yaml may grant the operator access by name. */}}
+{{/* Cluster-scoped; rbac.yaml grants the webhook access to it by name. */}}
 {{- define "civic-mcp.webhookConfigName" -}}
-civic-mcp
+{{- include "civic-mcp.clusterScopedName" . }}
 {{- end }}
 
 {{- define "civic-mcp.webhookCertSecretName" -}}
 {{- if .Values.webhook.certManager.enabled }}
 {{- default (printf "%s-webhook-cert-manager-tls" (include "civic-mcp.fullname" .)) .Values.webhook.certManager.secretName | trunc 253 }}
 {{- else }}
-{{- /* Fixed: rbac.yaml may grant the operator access by name. */}}
-{{- print "civic-mcp-webhook-tls" }}
+{{- /* rbac.yaml grants the webhook access to it by name. */}}
+{{- printf "%s-webhook-tls" (include "civic-mcp.fullname" .) | trunc 253 }}
 {{- end }}
 {{- end }}
 
-{{/* Fixed: rbac.yaml grants get/update on this Lease name only. */}}
+{{/* rbac.yaml grants get/update on this Lease name only. */}}
 {{- define "civic-mcp.leaseName" -}}
-civic-mcp-operator
+{{- printf "%s-operator" (include "civic-mcp.fullname" .) | trunc 253 }}
 {{- end }}
 
 {{- define "civic-mcp.tokenUrlCaConfigMapName" -}}

@@ -28,9 +28,9 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 pub const OPERATOR_NS: &str = "civic-system";
-/// The controller's ServiceAccount, fixed by `charts/civic-mcp/templates/rbac.yaml`.
+/// The controller's ServiceAccount for release `civic-mcp` (`civic-mcp.serviceAccountName`).
 pub const SA_NAME: &str = "civic-mcp-operator";
-/// The webhook's ServiceAccount, fixed by `charts/civic-mcp/templates/rbac.yaml`.
+/// The webhook's ServiceAccount for release `civic-mcp` (`civic-mcp.webhookServiceAccountName`).
 pub const WEBHOOK_SA: &str = "civic-mcp-webhook";
 /// A user holding both the controller's and the webhook's roles (and nothing else), for tests
 /// that run both in one process, as a local `civic-operator run` does; see [`bind_local_user`].
@@ -39,9 +39,10 @@ pub const LEASE: &str = "civic-mcp-operator";
 pub const TEAM: &str = "team";
 pub const CI_NAME: &str = "civic";
 pub const SECRET_NAME: &str = "civic-credentials";
-/// Fixed by the chart (`civic-mcp.webhookConfigName`); `rbac.yaml` grants access by this name.
-pub const WEBHOOK_CONFIG: &str = "civic-mcp";
-/// Fixed by the chart (`civic-mcp.webhookCertSecretName`, self-managed mode).
+/// The chart's name for release `civic-mcp` in [`OPERATOR_NS`] (`civic-mcp.webhookConfigName`);
+/// `rbac.yaml` grants access by this name.
+pub const WEBHOOK_CONFIG: &str = "civic-mcp-civic-system";
+/// The chart's name for release `civic-mcp` (`civic-mcp.webhookCertSecretName`, self-managed mode).
 pub const CERT_SECRET: &str = "civic-mcp-webhook-tls";
 
 /// Flags of a test webhook: a free loopback port, a serving certificate that covers 127.0.0.1,
