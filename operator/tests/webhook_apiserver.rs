@@ -56,6 +56,9 @@ impl Operator {
             .env("CIVIC_OPERATOR_LOG", "info,civic_operator=debug")
             .args(["run", "--admin-addr", "127.0.0.1:0"])
             .envs(common::LOOPBACK_POLICY)
+            // Not the in-cluster audiences: the apiserver's issuer must be refused because the
+            // operator read it from the discovery document.
+            .env("CIVIC_OPERATOR_REFUSED_AUDIENCES", "vault")
             .args(common::LOOPBACK_WEBHOOK)
             .args(["--webhook-ca-validity", CA_VALIDITY])
             .args(["--webhook-cert-validity", CERT_VALIDITY])
@@ -570,6 +573,36 @@ async fn webhook_injects_warns_denies_and_rotates_its_certificates() -> anyhow::
         message.contains("civic/support, second/support"),
         "{message}"
     );
+
+    // An integration outside the operator's policy gets no pod: a token host not allowed, and
+    // the audience of the apiserver's own issuer (refused from its discovery document).
+    let mut outside = integration(
+        "outside",
+        "outside",
+        "civic-credentials",
+        "https://collector.example/t",
+    );
+    outside["spec"]["bindings"][0]["subject"]["serviceAccountToken"]["audience"] =
+        json!(civic_testkit::apiserver::SERVICE_ACCOUNT_ISSUER);
+    apply_all(&admin, vec![outside]).await?;
+    let message = eventually(
+        "pods of an integration outside the policy denied",
+        EVENTUALLY,
+        || async {
+            let (status, _, body) =
+                create_pod(&admin, &pod("agent-outside", "outside", true, json!({}))).await?;
+            let message = body["message"].as_str().unwrap_or_default().to_owned();
+            Ok((status >= 400 && message.contains("operator's policy")).then_some(message))
+        },
+    )
+    .await?;
+    ensure!(
+        message.contains("token host \"collector.example\" is not allowed")
+            && message.contains("policy.allowedTokenHosts")
+            && message.contains("is an audience the Kubernetes API server accepts"),
+        "{message}"
+    );
+    ensure!(pods.get_opt("agent-outside").await?.is_none());
 
     // 5. Rotation by the running process: the serving certificate is renewed by the same CA,
     // then the CA is replaced; when the new CA signs, caBundle still holds the old one too.
