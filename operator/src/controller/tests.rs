@@ -454,46 +454,45 @@ async fn a_status_404_means_deleted_meanwhile() {
     mock.expect_silence(Duration::from_millis(100)).await;
 }
 
-#[tokio::test]
-async fn an_invalid_spec_skips_the_secret_and_waits_for_a_change() {
+/// Reconciles an integration with `token_url`, which must be an invalid spec: one status write
+/// (`Ready=False, InvalidSpec`), no Secret read, no probe, and a wait for the next change.
+/// Returns the condition's message.
+async fn reconcile_invalid(token_url: &str) -> String {
     let (client, mut mock) = ApiMock::new();
     let f = fixture(client, ScriptedProbe::with(vec![]), true);
-    // The schema forbids this too; validation must catch it regardless.
-    let obj = integration("http://auth.example/oauth/token", None);
+    let obj = integration(token_url, None);
     let run = tokio::spawn(reconcile(obj.clone(), f.ctx.clone()));
     let body = expect_status_apply(&mut mock, &obj).await;
     assert_eq!(
         conditions_of(&body)[0],
         row("Ready", "False", reason::INVALID_SPEC)
     );
-    let msg = body["status"]["conditions"][0]["message"].as_str().unwrap();
-    assert!(msg.starts_with("spec.tokenUrl: must use https"), "{msg}");
     expect_events(&mut mock, 3).await;
     assert_eq!(run.await.unwrap().unwrap(), Action::await_change());
+    assert_eq!(f.probe.calls.load(Ordering::SeqCst), 0);
+    body["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn an_invalid_spec_skips_the_secret_and_waits_for_a_change() {
+    // The schema forbids this too; validation must catch it regardless.
+    let msg = reconcile_invalid("http://auth.example/oauth/token").await;
+    assert!(msg.starts_with("spec.tokenUrl: must use https"), "{msg}");
 }
 
 /// A token URL outside the operator's policy is an invalid spec: its Secret is not read and the
 /// credential probe never contacts the host.
 #[tokio::test]
 async fn a_token_host_outside_the_policy_is_never_probed() {
-    let (client, mut mock) = ApiMock::new();
-    let f = fixture(client, ScriptedProbe::with(vec![]), true);
-    let obj = integration("https://collector.example/oauth/token", None);
-    let run = tokio::spawn(reconcile(obj.clone(), f.ctx.clone()));
-    let body = expect_status_apply(&mut mock, &obj).await;
-    assert_eq!(
-        conditions_of(&body)[0],
-        row("Ready", "False", reason::INVALID_SPEC)
-    );
-    let msg = body["status"]["conditions"][0]["message"].as_str().unwrap();
+    let msg = reconcile_invalid("https://collector.example/oauth/token").await;
     assert!(
         msg.contains("spec.tokenUrl: token host \"collector.example\" is not allowed")
             && msg.contains("policy.allowedTokenHosts: auth.example"),
         "{msg}"
     );
-    expect_events(&mut mock, 3).await;
-    assert_eq!(run.await.unwrap().unwrap(), Action::await_change());
-    assert_eq!(f.probe.calls.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
