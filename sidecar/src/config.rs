@@ -542,7 +542,7 @@ fn clap_error(e: clap::Error) -> ConfigError {
         | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             return ConfigError::Info(e.render().to_string());
         }
-        ErrorKind::ValueValidation | ErrorKind::InvalidValue | ErrorKind::InvalidUtf8 => {
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue => {
             if let Some(bad) = bad_setting(&e) {
                 return bad;
             }
@@ -572,7 +572,6 @@ fn bad_setting(e: &clap::Error) -> Option<ConfigError> {
     let empty =
         matches!(e.get(ContextKind::InvalidValue), Some(ContextValue::String(v)) if v.is_empty());
     let reason = match (e.kind(), e.get(ContextKind::ValidValue)) {
-        (ErrorKind::InvalidUtf8, _) => "not valid UTF-8".to_owned(),
         (ErrorKind::InvalidValue, _) if empty => "needs a value".to_owned(),
         (ErrorKind::InvalidValue, Some(ContextValue::Strings(valid))) if !valid.is_empty() => {
             format!("must be one of: {}", valid.join(", "))
@@ -1020,6 +1019,24 @@ mod tests {
             "",
         );
         assert!(error_of(&env, &[]).contains(ENV_SUBJECT_HEADER));
+    }
+
+    #[test]
+    fn values_are_trimmed_and_flag_errors_name_the_setting() {
+        let env = with(
+            with(env(), ENV_LOG_FORMAT, " Text\n"),
+            ENV_WORKER_THREADS,
+            "2 ",
+        );
+        let c = parse(&env, &[]).unwrap();
+        assert_eq!((c.log_format, c.worker_threads), (LogFormat::Text, 2));
+        let text = error_of(&env, &["--worker-threads"]);
+        assert!(
+            text.starts_with("invalid CIVIC_WORKER_THREADS (--worker-threads)"),
+            "{text}"
+        );
+        let text = error_of(&env, &["--log-format=xml"]);
+        assert!(text.contains("json, text"), "{text}");
     }
 
     #[test]
