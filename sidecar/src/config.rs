@@ -1,54 +1,30 @@
 //! Configuration from flags and `CIVIC_*` environment variables (the operator ↔ sidecar
 //! contract), validated into a [`Config`].
 //!
-//! Parsing goes through [`EnvSource`], so tests pass a map instead of touching the process
-//! environment. Every error names the setting it is about, in one line.
+//! clap's definition of the flags is the one table of settings: flag names, variables, defaults
+//! and `--help` come from it, and so do the names in error messages. Per-value checks are clap
+//! value parsers; rules across settings come after parsing. Every error names the setting it is
+//! about (variable and flag), in one line.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{CommandFactory, Parser};
+use clap::builder::{PossibleValue, TypedValueParser};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{ArgAction, Command, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use http::HeaderName;
 use url::Url;
 use uuid::Uuid;
 
 use crate::contract::*;
 use crate::guard::{OriginPolicy, is_loopback_host};
+use crate::headers::HOP_BY_HOP;
 use crate::profiles::NamedProfile;
 
-/// Where configuration values come from besides the command line.
-pub trait EnvSource {
-    /// The value of an environment variable, if set.
-    fn var(&self, name: &str) -> Option<String>;
-}
-
-/// The process environment.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ProcessEnv;
-
-impl EnvSource for ProcessEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
-    }
-}
-
-impl EnvSource for HashMap<String, String> {
-    fn var(&self, name: &str) -> Option<String> {
-        self.get(name).cloned()
-    }
-}
-
-impl EnvSource for HashMap<&str, &str> {
-    fn var(&self, name: &str) -> Option<String> {
-        self.get(name).map(|v| v.to_string())
-    }
-}
-
-/// Command-line flags; each also reads its `CIVIC_*` variable. Values are validated in
-/// [`Config::from_cli`], not by clap, so every error names its setting the same way.
+/// Command-line flags; each also reads its `CIVIC_*` variable.
 #[derive(Parser, Debug)]
 #[command(
     name = "civic-sidecar",
@@ -60,81 +36,101 @@ impl EnvSource for HashMap<&str, &str> {
 )]
 struct Cli {
     /// Proxy listener (loopback only); the workload calls http://<addr>/hub/mcp.
-    #[arg(long, env = ENV_LISTEN_ADDR, default_value = DEFAULT_LISTEN_ADDR, value_name = "ADDR")]
-    listen_addr: String,
+    #[arg(long, env = ENV_LISTEN_ADDR, default_value = DEFAULT_LISTEN_ADDR, value_name = "ADDR",
+          value_parser = socket_addr)]
+    listen_addr: SocketAddr,
     /// Admin listener: /livez, /readyz, /metrics.
-    #[arg(long, env = ENV_ADMIN_ADDR, default_value = DEFAULT_ADMIN_ADDR, value_name = "ADDR")]
-    admin_addr: String,
+    #[arg(long, env = ENV_ADMIN_ADDR, default_value = DEFAULT_ADMIN_ADDR, value_name = "ADDR",
+          value_parser = socket_addr)]
+    admin_addr: SocketAddr,
     /// Civic MCP hub URL requests are forwarded to (https, or http on loopback).
-    #[arg(long, env = ENV_HUB_URL, default_value = DEFAULT_HUB_URL, value_name = "URL")]
-    hub_url: String,
+    #[arg(long, env = ENV_HUB_URL, default_value = DEFAULT_HUB_URL, value_name = "URL",
+          value_parser = Trimmed(hub_url))]
+    hub_url: Url,
     /// Civic Auth token endpoint (https, or http on loopback).
-    #[arg(long, env = ENV_TOKEN_URL, default_value = DEFAULT_TOKEN_URL, value_name = "URL")]
-    token_url: String,
+    #[arg(long, env = ENV_TOKEN_URL, default_value = DEFAULT_TOKEN_URL, value_name = "URL",
+          value_parser = Trimmed(endpoint_url))]
+    token_url: Url,
     /// Civic Auth client ID (exchange modes).
-    #[arg(long, env = ENV_CLIENT_ID, value_name = "ID")]
+    #[arg(long, env = ENV_CLIENT_ID, value_name = "ID", value_parser = Trimmed(client_id))]
     client_id: Option<String>,
     /// File holding the Civic Auth client secret, re-read when it changes (exchange modes).
     #[arg(long, env = ENV_CLIENT_SECRET_FILE, value_name = "PATH")]
-    client_secret_file: Option<String>,
+    client_secret_file: Option<PathBuf>,
     /// Profile (toolkit) UUID, sent as civic_profile and in the profile header.
-    #[arg(long, env = ENV_PROFILE_ID, value_name = "UUID")]
-    profile_id: Option<String>,
+    #[arg(long, env = ENV_PROFILE_ID, value_name = "UUID", value_parser = Trimmed(uuid))]
+    profile_id: Option<Uuid>,
     /// Named extra profiles, name=UUID pairs separated by commas, each served on
     /// /profiles/<name>/hub/mcp with its own token (exchange modes).
-    #[arg(long, env = ENV_PROFILES, value_name = "LIST")]
-    profiles: Option<String>,
+    #[arg(long, env = ENV_PROFILES, value_name = "LIST", value_parser = profile_list)]
+    profiles: Option<ProfileList>,
     /// Lock exchanged tokens to the profile (civic_profile in the exchange).
-    #[arg(long, env = ENV_PROFILE_LOCK, default_value = "true", value_name = "BOOL")]
-    profile_lock: String,
+    #[arg(long, env = ENV_PROFILE_LOCK, default_value = "true", value_name = "BOOL",
+          action = ArgAction::Set, value_parser = Trimmed(boolean))]
+    profile_lock: bool,
     /// Subject mode "file": exchange the token in this file (a projected service-account token).
     #[arg(long, env = ENV_SUBJECT_TOKEN_FILE, value_name = "PATH")]
-    subject_token_file: Option<String>,
+    subject_token_file: Option<PathBuf>,
     /// Subject mode "header": exchange the token the workload sends in this request header.
-    #[arg(long, env = ENV_SUBJECT_HEADER, value_name = "NAME")]
-    subject_header: Option<String>,
+    #[arg(long, env = ENV_SUBJECT_HEADER, value_name = "NAME", value_parser = Trimmed(header_name))]
+    subject_header: Option<HeaderName>,
     /// Subject mode "static": use the Civic access token in this file as is (no exchange).
     #[arg(long, env = ENV_ACCESS_TOKEN_FILE, value_name = "PATH")]
-    access_token_file: Option<String>,
+    access_token_file: Option<PathBuf>,
     /// RFC 8693 subject_token_type.
-    #[arg(long, env = ENV_SUBJECT_TOKEN_TYPE, default_value = DEFAULT_SUBJECT_TOKEN_TYPE, value_name = "URN")]
+    #[arg(long, env = ENV_SUBJECT_TOKEN_TYPE, default_value = DEFAULT_SUBJECT_TOKEN_TYPE,
+          value_name = "URN", value_parser = Trimmed(token_type))]
     subject_token_type: String,
     /// Requested token lifetime (expires_in), seconds; unset: Civic Auth's default.
-    #[arg(long, env = ENV_TOKEN_TTL_SECONDS, value_name = "SECONDS")]
-    token_ttl_seconds: Option<String>,
+    #[arg(long, env = ENV_TOKEN_TTL_SECONDS, value_name = "SECONDS",
+          value_parser = Trimmed(ranged(1u32, 86_400, " seconds")))]
+    token_ttl_seconds: Option<u32>,
     /// Requested scope (space-delimited); unset: Civic Auth's default scopes.
-    #[arg(long, env = ENV_SCOPE, value_name = "SCOPE")]
+    #[arg(long, env = ENV_SCOPE, value_name = "SCOPE", value_parser = Trimmed(scope))]
     scope: Option<String>,
     /// Header carrying the profile UUID to the hub.
-    #[arg(long, env = ENV_PROFILE_HEADER, default_value = DEFAULT_PROFILE_HEADER, value_name = "NAME")]
-    profile_header: String,
+    #[arg(long, env = ENV_PROFILE_HEADER, default_value = DEFAULT_PROFILE_HEADER,
+          value_name = "NAME", value_parser = Trimmed(profile_header))]
+    profile_header: HeaderName,
     /// Extra PEM CA certificates to trust for the hub and token endpoint.
     #[arg(long, env = ENV_CA_FILE, value_name = "PATH")]
-    ca_file: Option<String>,
+    ca_file: Option<PathBuf>,
     /// Largest request body forwarded, bytes; larger ones get 413.
-    #[arg(long, env = ENV_MAX_BODY_BYTES, default_value_t = DEFAULT_MAX_BODY_BYTES.to_string(), value_name = "BYTES")]
-    max_body_bytes: String,
+    #[arg(long, env = ENV_MAX_BODY_BYTES, default_value_t = DEFAULT_MAX_BODY_BYTES,
+          value_name = "BYTES",
+          value_parser = Trimmed(ranged(1u64, 1 << 30, " bytes")))]
+    max_body_bytes: u64,
     /// Allowed Origin values, comma-separated: `loopback`, `*`, `null` or scheme://host[:port].
-    #[arg(long, env = ENV_ALLOWED_ORIGINS, default_value = DEFAULT_ALLOWED_ORIGINS, value_name = "LIST")]
-    allowed_origins: String,
+    #[arg(long, env = ENV_ALLOWED_ORIGINS, default_value = DEFAULT_ALLOWED_ORIGINS,
+          value_name = "LIST", value_parser = OriginPolicy::parse)]
+    allowed_origins: OriginPolicy,
     /// How long open streams may run after SIGTERM, seconds.
-    #[arg(long, env = ENV_SHUTDOWN_GRACE_SECONDS, default_value_t = DEFAULT_SHUTDOWN_GRACE_SECONDS.to_string(), value_name = "SECONDS")]
-    shutdown_grace_seconds: String,
+    #[arg(long, env = ENV_SHUTDOWN_GRACE_SECONDS, default_value_t = DEFAULT_SHUTDOWN_GRACE_SECONDS,
+          value_name = "SECONDS", value_parser = Trimmed(ranged(0u64, 3600, " seconds")))]
+    shutdown_grace_seconds: u64,
     /// Timeout of one token exchange, seconds (1-15).
-    #[arg(long, env = ENV_EXCHANGE_TIMEOUT_SECONDS, default_value_t = DEFAULT_EXCHANGE_TIMEOUT_SECONDS.to_string(), value_name = "SECONDS")]
-    exchange_timeout_seconds: String,
+    #[arg(long, env = ENV_EXCHANGE_TIMEOUT_SECONDS,
+          default_value_t = DEFAULT_EXCHANGE_TIMEOUT_SECONDS, value_name = "SECONDS",
+          value_parser = Trimmed(ranged(1u64, MAX_EXCHANGE_TIMEOUT_SECONDS, " seconds")))]
+    exchange_timeout_seconds: u64,
     /// Most subjects with a cached token in header mode (least recently used are evicted).
-    #[arg(long, env = ENV_MAX_CACHED_SUBJECTS, default_value_t = DEFAULT_MAX_CACHED_SUBJECTS.to_string(), value_name = "N")]
-    max_cached_subjects: String,
+    #[arg(long, env = ENV_MAX_CACHED_SUBJECTS, default_value_t = DEFAULT_MAX_CACHED_SUBJECTS,
+          value_name = "N", value_parser = Trimmed(ranged(1usize, 1_000_000, "")))]
+    max_cached_subjects: usize,
     /// Runtime worker threads; 1 runs everything on a single thread.
-    #[arg(long, env = ENV_WORKER_THREADS, default_value_t = DEFAULT_WORKER_THREADS.to_string(), value_name = "N")]
-    worker_threads: String,
+    #[arg(long, env = ENV_WORKER_THREADS, default_value_t = DEFAULT_WORKER_THREADS,
+          value_name = "N", value_parser = Trimmed(ranged(1usize, 64, "")))]
+    worker_threads: usize,
     /// Log filter (tracing EnvFilter syntax, e.g. `info` or `civic_sidecar=debug`).
-    #[arg(long, env = ENV_LOG, default_value = DEFAULT_LOG, value_name = "FILTER")]
+    #[arg(long, env = ENV_LOG, default_value = DEFAULT_LOG, value_name = "FILTER",
+          value_parser = Trimmed(log_filter))]
     log: String,
     /// Log format: json or text.
-    #[arg(long, env = ENV_LOG_FORMAT, default_value = DEFAULT_LOG_FORMAT, value_name = "FORMAT")]
-    log_format: String,
+    // Listing the values with their help would switch all of `--help` to the long layout.
+    #[arg(long, env = ENV_LOG_FORMAT, default_value = DEFAULT_LOG_FORMAT, value_name = "FORMAT",
+          value_parser = Trimmed(clap::builder::EnumValueParser::<LogFormat>::new()),
+          ignore_case = true, hide_possible_values = true)]
+    log_format: LogFormat,
 }
 
 /// How the sidecar gets the token it sends to the hub.
@@ -182,7 +178,7 @@ pub struct CredentialsConfig {
 }
 
 /// Log output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// One JSON object per line, fields flattened (`message`, `addr`…).
     Json,
@@ -244,9 +240,9 @@ pub enum ConfigError {
     #[error("invalid {env} (--{flag}): {reason}")]
     Invalid {
         /// The environment variable.
-        env: &'static str,
+        env: String,
         /// The flag, without `--`.
-        flag: &'static str,
+        flag: String,
         /// What is wrong with the value.
         reason: String,
     },
@@ -273,58 +269,37 @@ impl ConfigError {
     }
 }
 
-fn invalid(env: &'static str, flag: &'static str, reason: impl Into<String>) -> ConfigError {
+/// The flag (without `--`) clap defines for the setting read from `env`.
+fn flag_of(env: &str) -> String {
+    Cli::command()
+        .get_arguments()
+        .find(|a| a.get_env() == Some(OsStr::new(env)))
+        .and_then(|a| a.get_long())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A bad value of the setting read from `env`.
+fn invalid(env: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        env,
-        flag,
+        env: env.to_owned(),
+        flag: flag_of(env),
         reason: reason.into(),
     }
 }
 
-/// The environment variable and flag of every setting, for prepending env values as flags.
-const SETTINGS: &[(&str, &str)] = &[
-    (ENV_LISTEN_ADDR, "listen-addr"),
-    (ENV_ADMIN_ADDR, "admin-addr"),
-    (ENV_HUB_URL, "hub-url"),
-    (ENV_TOKEN_URL, "token-url"),
-    (ENV_CLIENT_ID, "client-id"),
-    (ENV_CLIENT_SECRET_FILE, "client-secret-file"),
-    (ENV_PROFILE_ID, "profile-id"),
-    (ENV_PROFILES, "profiles"),
-    (ENV_PROFILE_LOCK, "profile-lock"),
-    (ENV_SUBJECT_TOKEN_FILE, "subject-token-file"),
-    (ENV_SUBJECT_HEADER, "subject-header"),
-    (ENV_ACCESS_TOKEN_FILE, "access-token-file"),
-    (ENV_SUBJECT_TOKEN_TYPE, "subject-token-type"),
-    (ENV_TOKEN_TTL_SECONDS, "token-ttl-seconds"),
-    (ENV_SCOPE, "scope"),
-    (ENV_PROFILE_HEADER, "profile-header"),
-    (ENV_CA_FILE, "ca-file"),
-    (ENV_MAX_BODY_BYTES, "max-body-bytes"),
-    (ENV_ALLOWED_ORIGINS, "allowed-origins"),
-    (ENV_SHUTDOWN_GRACE_SECONDS, "shutdown-grace-seconds"),
-    (ENV_EXCHANGE_TIMEOUT_SECONDS, "exchange-timeout-seconds"),
-    (ENV_MAX_CACHED_SUBJECTS, "max-cached-subjects"),
-    (ENV_WORKER_THREADS, "worker-threads"),
-    (ENV_LOG, "log"),
-    (ENV_LOG_FORMAT, "log-format"),
-];
+/// `CIVIC_X (--x)`, how a conflict names a setting.
+fn named(env: &str) -> String {
+    format!("{env} (--{})", flag_of(env))
+}
 
-/// Headers the profile or subject header may not be: the proxy owns them.
-const RESERVED_HEADERS: &[&str] = &[
+/// Headers the profile or subject header may not be because the proxy owns them: the
+/// hop-by-hop ones ([`HOP_BY_HOP`]) and these.
+const PROXY_OWNED_HEADERS: &[&str] = &[
     "host",
     "content-length",
     "content-type",
     "content-encoding",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
     "accept",
     "accept-encoding",
     "user-agent",
@@ -337,14 +312,28 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 impl Config {
-    /// Parses the process's arguments and environment.
+    /// Parses the process's arguments and environment. clap reads each setting's variable; an
+    /// empty one counts as unset, as a variable rendered from an empty field should.
     pub fn from_process() -> Result<Self, ConfigError> {
-        Self::parse(std::env::args_os(), &ProcessEnv)
+        let command = Cli::command().mut_args(|arg| {
+            let empty = arg
+                .get_env()
+                .and_then(std::env::var_os)
+                .is_some_and(|v| v.is_empty());
+            if empty { arg.env(None::<&str>) } else { arg }
+        });
+        match Self::from_command(command, std::env::args_os()) {
+            // Help lists every variable, empty or not.
+            Err(ConfigError::Info(_)) => Self::from_command(Cli::command(), std::env::args_os()),
+            other => other,
+        }
     }
 
-    /// Parses `args` (program name first) with environment values from `env`. Flags win over
-    /// environment variables; empty variables count as unset.
-    pub fn parse<I, T>(args: I, env: &dyn EnvSource) -> Result<Self, ConfigError>
+    /// Parses `args` (program name first) with `CIVIC_*` values from `env` instead of the
+    /// process environment, for tests and fuzzing. Each variable becomes its flag, both from
+    /// clap's definition, placed before `args` so explicit flags win; empty values count as
+    /// unset, as in [`from_process`](Self::from_process).
+    pub fn parse<I, T>(args: I, env: &HashMap<String, String>) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
@@ -352,305 +341,170 @@ impl Config {
         let mut args = args.into_iter().map(Into::into);
         let program = args.next().unwrap_or_else(|| "civic-sidecar".into());
         let user_args: Vec<OsString> = args.collect();
-
-        // The command with `env` attributes is what `--help` shows; it reads the process
-        // environment itself, so for parsing proper its env lookups are switched off and the
-        // given source is fed in as leading flags (later, explicit flags override them).
-        if user_args
-            .iter()
-            .any(|a| matches!(a.to_str(), Some("-h" | "--help" | "-V" | "--version")))
-        {
-            return match Cli::command()
-                .try_get_matches_from(std::iter::once(program).chain(user_args))
-            {
-                Err(e) => Err(clap_error(e)),
-                Ok(_) => Err(ConfigError::Usage("unexpected help parse".into())),
+        let command = Cli::command();
+        let mut full = vec![program.clone()];
+        for arg in command.get_arguments() {
+            let (Some(var), Some(long)) = (arg.get_env().and_then(OsStr::to_str), arg.get_long())
+            else {
+                continue;
             };
-        }
-        let command = Cli::command()
-            .mut_args(|a| a.env(None::<&str>))
-            .args_override_self(true);
-        let mut full: Vec<OsString> = vec![program];
-        for (var, flag) in SETTINGS {
-            if let Some(value) = env.var(var).filter(|v| !v.is_empty()) {
-                full.push(format!("--{flag}={value}").into());
+            if let Some(value) = env.get(var).filter(|v| !v.is_empty()) {
+                full.push(format!("--{long}={value}").into());
             }
         }
-        full.extend(user_args);
-        let matches = command.try_get_matches_from(full).map_err(clap_error)?;
-        let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).map_err(clap_error)?;
+        full.extend(user_args.iter().cloned());
+        // `Cli::command()` captured the process environment; drop it so only `env` counts.
+        let isolated = command.mut_args(|a| a.env(None::<&str>));
+        match Self::from_command(isolated, full) {
+            // Help shows each setting's variable, which the isolated command no longer has.
+            Err(ConfigError::Info(_)) => {
+                Self::from_command(Cli::command(), std::iter::once(program).chain(user_args))
+            }
+            other => other,
+        }
+    }
+
+    fn from_command(
+        command: Command,
+        args: impl IntoIterator<Item = OsString>,
+    ) -> Result<Self, ConfigError> {
+        // The last of repeated flags wins (and, in `parse`, a flag over a variable's value).
+        let matches = command
+            .args_override_self(true)
+            .try_get_matches_from(args)
+            .map_err(clap_error)?;
+        let cli = Cli::from_arg_matches(&matches).map_err(clap_error)?;
         Self::from_cli(cli)
     }
 
+    /// The rules across settings; each value was checked on its own by its value parser.
     fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
-        let listen_addr: SocketAddr = cli
-            .listen_addr
-            .parse()
-            .map_err(|_| invalid(ENV_LISTEN_ADDR, "listen-addr", "not an IP:port address"))?;
-        if !listen_addr.ip().is_loopback() {
+        if !cli.listen_addr.ip().is_loopback() {
             return Err(invalid(
                 ENV_LISTEN_ADDR,
-                "listen-addr",
                 "must be a loopback address (127.0.0.1 or [::1]): the proxy adds credentials",
             ));
         }
-        let admin_addr: SocketAddr = cli
-            .admin_addr
-            .parse()
-            .map_err(|_| invalid(ENV_ADMIN_ADDR, "admin-addr", "not an IP:port address"))?;
-        if admin_addr == listen_addr && listen_addr.port() != 0 {
+        if cli.admin_addr == cli.listen_addr && cli.listen_addr.port() != 0 {
             return Err(ConfigError::Conflict(format!(
-                "{ENV_ADMIN_ADDR} and {ENV_LISTEN_ADDR} are the same address"
+                "{} and {} are the same address",
+                named(ENV_ADMIN_ADDR),
+                named(ENV_LISTEN_ADDR)
             )));
-        }
-        let hub_url = parse_url(&cli.hub_url, ENV_HUB_URL, "hub-url")?;
-        if hub_url.query().is_some() {
-            return Err(invalid(
-                ENV_HUB_URL,
-                "hub-url",
-                "must not have a query string",
-            ));
-        }
-        let token_url = parse_url(&cli.token_url, ENV_TOKEN_URL, "token-url")?;
-
-        let profile = non_empty(cli.profile_id.clone())
-            .map(|p| parse_uuid(&p))
-            .transpose()?;
-        let profiles = non_empty(cli.profiles.clone())
-            .map(|list| {
-                crate::profiles::parse(&list).map_err(|e| invalid(ENV_PROFILES, "profiles", e))
-            })
-            .transpose()?
-            .unwrap_or_default();
-        let profile_lock = parse_bool(&cli.profile_lock)
-            .ok_or_else(|| invalid(ENV_PROFILE_LOCK, "profile-lock", "must be true or false"))?;
-        let profile_header =
-            parse_header_name(&cli.profile_header, ENV_PROFILE_HEADER, "profile-header")?;
-        if profile_header == http::header::AUTHORIZATION {
-            return Err(invalid(
-                ENV_PROFILE_HEADER,
-                "profile-header",
-                "must not be Authorization",
-            ));
         }
 
         let mode = Self::subject_mode(&cli)?;
+        let profiles = cli.profiles.map(|p| p.0).unwrap_or_default();
         if !profiles.is_empty() && matches!(mode, SubjectMode::Static { .. }) {
             return Err(ConfigError::Conflict(format!(
-                "{ENV_PROFILES} needs an exchange mode: a static token cannot be locked to \
-                 several profiles"
+                "{} needs an exchange mode: a static token cannot be locked to several profiles",
+                named(ENV_PROFILES)
             )));
         }
         if let SubjectMode::Header { name, .. } = &mode
-            && *name == profile_header
+            && *name == cli.profile_header
         {
             return Err(ConfigError::Conflict(format!(
-                "{ENV_SUBJECT_HEADER} and {ENV_PROFILE_HEADER} name the same header"
+                "{} and {} name the same header",
+                named(ENV_SUBJECT_HEADER),
+                named(ENV_PROFILE_HEADER)
             )));
         }
 
-        let subject_token_type = cli.subject_token_type.trim().to_string();
-        if !subject_token_type.starts_with("urn:")
-            || !subject_token_type.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err(invalid(
-                ENV_SUBJECT_TOKEN_TYPE,
-                "subject-token-type",
-                "must be a URN such as urn:ietf:params:oauth:token-type:access_token",
-            ));
-        }
-        let token_ttl_seconds = non_empty(cli.token_ttl_seconds)
-            .map(|t| {
-                t.trim()
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| (1..=86_400).contains(n))
-                    .ok_or_else(|| {
-                        invalid(
-                            ENV_TOKEN_TTL_SECONDS,
-                            "token-ttl-seconds",
-                            "must be 1-86400 seconds",
-                        )
-                    })
-            })
-            .transpose()?;
-        let scope = non_empty(cli.scope.map(|s| s.trim().to_string()));
-        if let Some(scope) = &scope
-            && !scope
-                .bytes()
-                .all(|b| b == b' ' || (b.is_ascii_graphic() && b != b'"' && b != b'\\'))
-        {
-            return Err(invalid(
-                ENV_SCOPE,
-                "scope",
-                "must be space-separated printable scope tokens",
-            ));
-        }
-
-        let ca_pem = non_empty(cli.ca_file)
+        let ca_pem = cli
+            .ca_file
             .map(|path| {
                 let pem = std::fs::read(&path).map_err(|e| {
-                    invalid(ENV_CA_FILE, "ca-file", format!("cannot read {path}: {e}"))
+                    invalid(ENV_CA_FILE, format!("cannot read {}: {e}", path.display()))
                 })?;
                 crate::tls::parse_pem_certs(&pem)
-                    .map_err(|e| invalid(ENV_CA_FILE, "ca-file", e.to_string()))?;
+                    .map_err(|e| invalid(ENV_CA_FILE, e.to_string()))?;
                 Ok(pem)
             })
             .transpose()?;
 
-        let max_body_bytes =
-            parse_number::<u64>(&cli.max_body_bytes, 1, 1 << 30).ok_or_else(|| {
-                invalid(
-                    ENV_MAX_BODY_BYTES,
-                    "max-body-bytes",
-                    "must be 1 to 1073741824 bytes",
-                )
-            })?;
-        let allowed_origins = OriginPolicy::parse(&cli.allowed_origins)
-            .map_err(|e| invalid(ENV_ALLOWED_ORIGINS, "allowed-origins", e))?;
-        let shutdown_grace = parse_number::<u64>(&cli.shutdown_grace_seconds, 0, 3600)
-            .map(Duration::from_secs)
-            .ok_or_else(|| {
-                invalid(
-                    ENV_SHUTDOWN_GRACE_SECONDS,
-                    "shutdown-grace-seconds",
-                    "must be 0-3600 seconds",
-                )
-            })?;
-        let exchange_timeout = parse_number::<u64>(
-            &cli.exchange_timeout_seconds,
-            1,
-            MAX_EXCHANGE_TIMEOUT_SECONDS,
-        )
-        .map(Duration::from_secs)
-        .ok_or_else(|| {
-            invalid(
-                ENV_EXCHANGE_TIMEOUT_SECONDS,
-                "exchange-timeout-seconds",
-                format!("must be 1-{MAX_EXCHANGE_TIMEOUT_SECONDS} seconds"),
-            )
-        })?;
-        let max_cached_subjects = parse_number::<usize>(&cli.max_cached_subjects, 1, 1_000_000)
-            .ok_or_else(|| {
-                invalid(
-                    ENV_MAX_CACHED_SUBJECTS,
-                    "max-cached-subjects",
-                    "must be 1-1000000",
-                )
-            })?;
-        let worker_threads = parse_number::<usize>(&cli.worker_threads, 1, 64)
-            .ok_or_else(|| invalid(ENV_WORKER_THREADS, "worker-threads", "must be 1-64"))?;
-        let log_filter = cli.log.trim().to_string();
-        tracing_subscriber::EnvFilter::try_new(&log_filter)
-            .map_err(|e| invalid(ENV_LOG, "log", format!("not a log filter: {e}")))?;
-        let log_format = match cli.log_format.trim().to_ascii_lowercase().as_str() {
-            "json" => LogFormat::Json,
-            "text" => LogFormat::Text,
-            _ => {
-                return Err(invalid(
-                    ENV_LOG_FORMAT,
-                    "log-format",
-                    "must be json or text",
-                ));
-            }
-        };
-
         Ok(Config {
-            listen_addr,
-            admin_addr,
-            hub_url,
-            token_url,
+            listen_addr: cli.listen_addr,
+            admin_addr: cli.admin_addr,
+            hub_url: cli.hub_url,
+            token_url: cli.token_url,
             mode,
-            profile,
+            profile: cli.profile_id,
             profiles,
-            profile_lock,
-            profile_header,
-            subject_token_type,
-            token_ttl_seconds,
-            scope,
+            profile_lock: cli.profile_lock,
+            profile_header: cli.profile_header,
+            subject_token_type: cli.subject_token_type,
+            token_ttl_seconds: cli.token_ttl_seconds,
+            scope: cli.scope.filter(|s| !s.is_empty()),
             ca_pem,
-            max_body_bytes,
-            allowed_origins,
-            shutdown_grace,
-            exchange_timeout,
-            max_cached_subjects,
-            worker_threads,
-            log_filter,
-            log_format,
+            max_body_bytes: cli.max_body_bytes,
+            allowed_origins: cli.allowed_origins,
+            shutdown_grace: Duration::from_secs(cli.shutdown_grace_seconds),
+            exchange_timeout: Duration::from_secs(cli.exchange_timeout_seconds),
+            max_cached_subjects: cli.max_cached_subjects,
+            worker_threads: cli.worker_threads,
+            log_filter: cli.log,
+            log_format: cli.log_format,
         })
     }
 
     fn subject_mode(cli: &Cli) -> Result<SubjectMode, ConfigError> {
-        let file = non_empty(cli.subject_token_file.clone());
-        let header = non_empty(cli.subject_header.clone());
-        let static_file = non_empty(cli.access_token_file.clone());
-        let count = [file.is_some(), header.is_some(), static_file.is_some()]
-            .iter()
-            .filter(|s| **s)
-            .count();
+        let count = [
+            cli.subject_token_file.is_some(),
+            cli.subject_header.is_some(),
+            cli.access_token_file.is_some(),
+        ]
+        .iter()
+        .filter(|s| **s)
+        .count();
         if count != 1 {
             return Err(ConfigError::Conflict(format!(
-                "set exactly one of {ENV_SUBJECT_TOKEN_FILE}, {ENV_SUBJECT_HEADER}, {ENV_ACCESS_TOKEN_FILE} ({count} set)"
+                "set exactly one of {}, {}, {} ({count} set)",
+                named(ENV_SUBJECT_TOKEN_FILE),
+                named(ENV_SUBJECT_HEADER),
+                named(ENV_ACCESS_TOKEN_FILE)
             )));
         }
-        if let Some(path) = static_file {
-            return Ok(SubjectMode::Static { path: path.into() });
+        match (
+            &cli.subject_token_file,
+            &cli.subject_header,
+            &cli.access_token_file,
+        ) {
+            (Some(path), _, _) => Ok(SubjectMode::File {
+                path: path.clone(),
+                credentials: Self::credentials(cli)?,
+            }),
+            (_, Some(name), _) => Ok(SubjectMode::Header {
+                name: name.clone(),
+                credentials: Self::credentials(cli)?,
+            }),
+            (_, _, path) => Ok(SubjectMode::Static {
+                path: path.clone().unwrap_or_default(),
+            }),
         }
-        let credentials = Self::credentials(cli)?;
-        if let Some(path) = file {
-            return Ok(SubjectMode::File {
-                path: path.into(),
-                credentials,
-            });
-        }
-        let name = parse_header_name(
-            header.as_deref().unwrap_or_default(),
-            ENV_SUBJECT_HEADER,
-            "subject-header",
-        )?;
-        Ok(SubjectMode::Header { name, credentials })
     }
 
     fn credentials(cli: &Cli) -> Result<CredentialsConfig, ConfigError> {
-        let client_id = non_empty(cli.client_id.clone())
-            .map(|c| c.trim().to_string())
-            .ok_or_else(|| {
-                invalid(
-                    ENV_CLIENT_ID,
-                    "client-id",
-                    "required when exchanging tokens",
-                )
-            })?;
-        // Basic auth over the raw `id:secret`: a colon in the ID would be ambiguous.
-        if client_id.contains(':') || !client_id.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(invalid(
-                ENV_CLIENT_ID,
-                "client-id",
-                "must be printable ASCII without spaces or ':'",
-            ));
-        }
-        let secret_file: PathBuf = non_empty(cli.client_secret_file.clone())
-            .ok_or_else(|| {
-                invalid(
-                    ENV_CLIENT_SECRET_FILE,
-                    "client-secret-file",
-                    "required when exchanging tokens",
-                )
-            })?
-            .into();
+        let client_id = cli
+            .client_id
+            .clone()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| invalid(ENV_CLIENT_ID, "required when exchanging tokens"))?;
+        let secret_file = cli
+            .client_secret_file
+            .clone()
+            .ok_or_else(|| invalid(ENV_CLIENT_SECRET_FILE, "required when exchanging tokens"))?;
         match std::fs::read_to_string(&secret_file) {
             Ok(s) if !s.trim().is_empty() => {}
             Ok(_) => {
                 return Err(invalid(
                     ENV_CLIENT_SECRET_FILE,
-                    "client-secret-file",
                     format!("{} is empty", secret_file.display()),
                 ));
             }
             Err(e) => {
                 return Err(invalid(
                     ENV_CLIENT_SECRET_FILE,
-                    "client-secret-file",
                     format!("cannot read {}: {e}", secret_file.display()),
                 ));
             }
@@ -680,106 +534,208 @@ pub fn authority(url: &Url) -> String {
     }
 }
 
+/// A clap error as a [`ConfigError`]: a bad value names its setting like every other check.
 fn clap_error(e: clap::Error) -> ConfigError {
-    use clap::error::ErrorKind;
     match e.kind() {
         ErrorKind::DisplayHelp
         | ErrorKind::DisplayVersion
         | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            ConfigError::Info(e.render().to_string())
+            return ConfigError::Info(e.render().to_string());
         }
-        _ => {
-            let rendered = e.render().to_string();
-            let line = rendered
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid command line")
-                .trim()
-                .trim_start_matches("error: ");
-            ConfigError::Usage(format!("invalid command line: {line}"))
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue => {
+            if let Some(bad) = bad_setting(&e) {
+                return bad;
+            }
         }
+        _ => {}
+    }
+    let rendered = e.render().to_string();
+    let line = rendered
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid command line")
+        .trim()
+        .trim_start_matches("error: ");
+    ConfigError::Usage(format!("invalid command line: {line}"))
+}
+
+/// The setting a value error is about, with the value parser's reason (or the allowed values).
+fn bad_setting(e: &clap::Error) -> Option<ConfigError> {
+    let Some(ContextValue::String(shown)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let mut command = Cli::command();
+    // clap names the argument by its rendering, e.g. `--listen-addr <ADDR>`, which needs the
+    // built command.
+    command.build();
+    let arg = command.get_arguments().find(|a| a.to_string() == *shown)?;
+    let empty =
+        matches!(e.get(ContextKind::InvalidValue), Some(ContextValue::String(v)) if v.is_empty());
+    let reason = match (e.kind(), e.get(ContextKind::ValidValue)) {
+        (ErrorKind::InvalidValue, _) if empty => "needs a value".to_owned(),
+        (ErrorKind::InvalidValue, Some(ContextValue::Strings(valid))) if !valid.is_empty() => {
+            format!("must be one of: {}", valid.join(", "))
+        }
+        _ => std::error::Error::source(e)
+            .map(|source| source.to_string())
+            .unwrap_or_else(|| "invalid value".to_owned()),
+    };
+    Some(ConfigError::Invalid {
+        env: arg
+            .get_env()
+            .map(|v| v.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        flag: arg.get_long().unwrap_or_default().to_owned(),
+        reason,
+    })
+}
+
+/// Parses the value with surrounding whitespace removed, as settings always have been: a YAML
+/// block scalar, for one, leaves a trailing newline.
+#[derive(Clone)]
+struct Trimmed<P>(P);
+
+impl<P: TypedValueParser> TypedValueParser for Trimmed<P> {
+    type Value = P::Value;
+
+    fn parse_ref(
+        &self,
+        cmd: &Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        match value.to_str() {
+            Some(text) => self.0.parse_ref(cmd, arg, OsStr::new(text.trim())),
+            None => self.0.parse_ref(cmd, arg, value),
+        }
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        self.0.possible_values()
     }
 }
 
-fn non_empty(value: Option<String>) -> Option<String> {
-    value.filter(|v| !v.trim().is_empty())
+/// The named profiles of `--profiles` (a newtype: clap would take a `Vec` for a repeated flag).
+#[derive(Clone, Debug)]
+struct ProfileList(Vec<NamedProfile>);
+
+fn profile_list(text: &str) -> Result<ProfileList, String> {
+    crate::profiles::parse(text).map(ProfileList)
 }
 
-fn parse_url(text: &str, env: &'static str, flag: &'static str) -> Result<Url, ConfigError> {
-    let url = Url::parse(text.trim()).map_err(|e| invalid(env, flag, format!("not a URL: {e}")))?;
+fn socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| "not an IP:port address".to_owned())
+}
+
+/// A number in `min..=max`; `unit` ends the message.
+fn ranged<N>(min: N, max: N, unit: &'static str) -> impl Fn(&str) -> Result<N, String> + Clone
+where
+    N: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,
+{
+    move |text| {
+        text.parse::<N>()
+            .ok()
+            .filter(|n| *n >= min && *n <= max)
+            .ok_or_else(|| format!("must be {min}-{max}{unit}"))
+    }
+}
+
+fn boolean(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("must be true or false".to_owned()),
+    }
+}
+
+/// An https URL, or http on a loopback host, without credentials or fragment.
+fn endpoint_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
     let Some(host) = url.host() else {
-        return Err(invalid(env, flag, "has no host"));
+        return Err("has no host".to_owned());
     };
     match url.scheme() {
         "https" => {}
         "http" if is_loopback_host(&host) => {}
-        "http" => {
-            return Err(invalid(
-                env,
-                flag,
-                "http:// is allowed only for loopback hosts; use https://",
-            ));
-        }
-        other => return Err(invalid(env, flag, format!("unsupported scheme {other}"))),
+        "http" => return Err("http:// is allowed only for loopback hosts; use https://".to_owned()),
+        other => return Err(format!("unsupported scheme {other}")),
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid(env, flag, "must not carry credentials"));
+        return Err("must not carry credentials".to_owned());
     }
     if url.fragment().is_some() {
-        return Err(invalid(env, flag, "must not have a fragment"));
+        return Err("must not have a fragment".to_owned());
     }
     Ok(url)
 }
 
-fn parse_uuid(text: &str) -> Result<Uuid, ConfigError> {
-    let text = text.trim();
+/// The hub's URL: an endpoint URL whose query the proxy does not have to merge.
+fn hub_url(text: &str) -> Result<Url, String> {
+    let url = endpoint_url(text)?;
+    if url.query().is_some() {
+        return Err("must not have a query string".to_owned());
+    }
+    Ok(url)
+}
+
+fn client_id(text: &str) -> Result<String, String> {
+    // Basic auth over the raw `id:secret`: a colon in the ID would be ambiguous. Empty is
+    // unset: whether an ID is needed depends on the subject mode.
+    if text.contains(':') || !text.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be printable ASCII without spaces or ':'".to_owned());
+    }
+    Ok(text.to_owned())
+}
+
+fn uuid(text: &str) -> Result<Uuid, String> {
+    const MESSAGE: &str = "must be a UUID (8-4-4-4-12 hex digits)";
     // Only the hyphenated form the CRD documents; `Uuid` alone also takes braces and URNs.
     if text.len() != 36 {
-        return Err(invalid(
-            ENV_PROFILE_ID,
-            "profile-id",
-            "must be a UUID (8-4-4-4-12 hex digits)",
-        ));
+        return Err(MESSAGE.to_owned());
     }
-    Uuid::try_parse(text).map_err(|_| {
-        invalid(
-            ENV_PROFILE_ID,
-            "profile-id",
-            "must be a UUID (8-4-4-4-12 hex digits)",
-        )
-    })
+    Uuid::try_parse(text).map_err(|_| MESSAGE.to_owned())
 }
 
-fn parse_bool(text: &str) -> Option<bool> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Some(true),
-        "false" | "0" | "no" | "off" => Some(false),
-        _ => None,
-    }
-}
-
-fn parse_number<N: std::str::FromStr + PartialOrd>(text: &str, min: N, max: N) -> Option<N> {
-    text.trim()
-        .parse::<N>()
-        .ok()
-        .filter(|n| *n >= min && *n <= max)
-}
-
-fn parse_header_name(
-    text: &str,
-    env: &'static str,
-    flag: &'static str,
-) -> Result<HeaderName, ConfigError> {
-    let name = HeaderName::from_bytes(text.trim().as_bytes())
-        .map_err(|_| invalid(env, flag, "not a valid HTTP header name"))?;
-    if RESERVED_HEADERS.contains(&name.as_str()) {
-        return Err(invalid(
-            env,
-            flag,
-            format!("{name} is managed by the proxy"),
-        ));
+fn header_name(text: &str) -> Result<HeaderName, String> {
+    let name =
+        HeaderName::from_bytes(text.as_bytes()).map_err(|_| "not a valid HTTP header name")?;
+    if HOP_BY_HOP.contains(&name) || PROXY_OWNED_HEADERS.contains(&name.as_str()) {
+        return Err(format!("{name} is managed by the proxy"));
     }
     Ok(name)
+}
+
+fn profile_header(text: &str) -> Result<HeaderName, String> {
+    let name = header_name(text)?;
+    if name == http::header::AUTHORIZATION {
+        return Err("must not be Authorization".to_owned());
+    }
+    Ok(name)
+}
+
+fn token_type(text: &str) -> Result<String, String> {
+    if !text.starts_with("urn:") || !text.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "must be a URN such as urn:ietf:params:oauth:token-type:access_token".to_owned(),
+        );
+    }
+    Ok(text.to_owned())
+}
+
+fn scope(text: &str) -> Result<String, String> {
+    if !text
+        .bytes()
+        .all(|b| b == b' ' || (b.is_ascii_graphic() && b != b'"' && b != b'\\'))
+    {
+        return Err("must be space-separated printable scope tokens".to_owned());
+    }
+    Ok(text.to_owned())
+}
+
+fn log_filter(text: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(text).map_err(|e| format!("not a log filter: {e}"))?;
+    Ok(text.to_owned())
 }
 
 #[cfg(test)]
@@ -1066,6 +1022,24 @@ mod tests {
     }
 
     #[test]
+    fn values_are_trimmed_and_flag_errors_name_the_setting() {
+        let env = with(
+            with(env(), ENV_LOG_FORMAT, " Text\n"),
+            ENV_WORKER_THREADS,
+            "2 ",
+        );
+        let c = parse(&env, &[]).unwrap();
+        assert_eq!((c.log_format, c.worker_threads), (LogFormat::Text, 2));
+        let text = error_of(&env, &["--worker-threads"]);
+        assert!(
+            text.starts_with("invalid CIVIC_WORKER_THREADS (--worker-threads)"),
+            "{text}"
+        );
+        let text = error_of(&env, &["--log-format=xml"]);
+        assert!(text.contains("json, text"), "{text}");
+    }
+
+    #[test]
     fn ca_file_must_hold_certificates() {
         let env = env();
         let bad = env._dir.0.join("bad.pem");
@@ -1081,13 +1055,73 @@ mod tests {
         assert!(text.contains("--bogus"), "{text}");
     }
 
+    /// Every variable of the operator ↔ sidecar contract the sidecar reads.
+    const CONTRACT_VARS: [&str; 25] = [
+        ENV_LISTEN_ADDR,
+        ENV_ADMIN_ADDR,
+        ENV_HUB_URL,
+        ENV_TOKEN_URL,
+        ENV_CLIENT_ID,
+        ENV_CLIENT_SECRET_FILE,
+        ENV_PROFILE_ID,
+        ENV_PROFILES,
+        ENV_PROFILE_LOCK,
+        ENV_SUBJECT_TOKEN_FILE,
+        ENV_SUBJECT_HEADER,
+        ENV_ACCESS_TOKEN_FILE,
+        ENV_SUBJECT_TOKEN_TYPE,
+        ENV_TOKEN_TTL_SECONDS,
+        ENV_SCOPE,
+        ENV_PROFILE_HEADER,
+        ENV_CA_FILE,
+        ENV_MAX_BODY_BYTES,
+        ENV_ALLOWED_ORIGINS,
+        ENV_SHUTDOWN_GRACE_SECONDS,
+        ENV_EXCHANGE_TIMEOUT_SECONDS,
+        ENV_MAX_CACHED_SUBJECTS,
+        ENV_WORKER_THREADS,
+        ENV_LOG,
+        ENV_LOG_FORMAT,
+    ];
+
+    #[test]
+    fn every_contract_variable_is_one_flag() {
+        let command = Cli::command();
+        let vars: Vec<&OsStr> = command
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .collect();
+        assert_eq!(vars.len(), CONTRACT_VARS.len(), "{vars:?}");
+        for var in CONTRACT_VARS {
+            assert!(vars.contains(&OsStr::new(var)), "{var} has no flag");
+            assert!(!flag_of(var).is_empty(), "{var} has no long flag");
+        }
+    }
+
+    #[test]
+    fn headers_owned_by_the_proxy_are_refused() {
+        for name in HOP_BY_HOP
+            .iter()
+            .map(HeaderName::as_str)
+            .chain(PROXY_OWNED_HEADERS.iter().copied())
+        {
+            assert!(header_name(name).is_err(), "{name}");
+        }
+        assert!(
+            !HOP_BY_HOP
+                .iter()
+                .any(|h| PROXY_OWNED_HEADERS.contains(&h.as_str())),
+            "each name is listed once"
+        );
+    }
+
     #[test]
     fn help_lists_env_vars_and_defaults() {
         let env = env();
         let Err(ConfigError::Info(help)) = parse(&env, &["--help"]) else {
             panic!("expected help");
         };
-        for (var, _) in SETTINGS {
+        for var in CONTRACT_VARS {
             assert!(help.contains(var), "{var} missing from --help");
         }
         assert!(help.contains(DEFAULT_LISTEN_ADDR));
