@@ -6,6 +6,9 @@
 
 ARG RUST_VERSION=1.95
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
+# SBOMs of release builds (buildx --sbom) scan this stage too: the final image is one static
+# binary, which names no packages, while this stage holds Cargo.lock and the toolchain.
+ARG BUILDKIT_SBOM_SCAN_STAGE=true
 # musl-gcc compiles ring's C and assembly for the musl target.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends musl-tools \

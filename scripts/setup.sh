@@ -38,6 +38,14 @@ bash tests/peers/install.sh
 step "helm"
 bash scripts/install-helm.sh
 
+# actionlint lints .github/workflows (tests/workflows/check.sh); built from its module through the
+# Go module proxy, pinned. A cold install takes ~50 s here.
+step "actionlint"
+actionlint_version=1.7.12
+if [ "$("$HOME/.cache/civic-mcp/bin/actionlint" -version 2>/dev/null | head -n 1)" != "v$actionlint_version" ]; then
+  GOBIN="$HOME/.cache/civic-mcp/bin" go install "github.com/rhysd/actionlint/cmd/actionlint@v$actionlint_version"
+fi
+
 step "chart validation venv (kubernetes-validate, outside the repo)"
 venv="${CIVIC_VENV:-$HOME/.cache/civic-mcp/venv}"
 if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -q '1.37.0'; then

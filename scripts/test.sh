@@ -52,6 +52,10 @@ fi
 step "chart checks (helm lint/template, kubernetes-validate, golden, schema, shellcheck)"
 bash tests/chart/check.sh
 
+step "release workflow: actionlint over .github/workflows, chart packaging, release notes"
+bash tests/workflows/check.sh
+bash tests/release/check.sh
+
 # Bounded: the sancov build of fuzz/ (cached in fuzz/target) plus CIVIC_FUZZ_SECS per target.
 step "fuzz smoke (cargo fuzz, ${CIVIC_FUZZ_SECS:-20} s per target from the checked-in corpus)"
 bash scripts/fuzz.sh "${CIVIC_FUZZ_SECS:-20}"
@@ -69,7 +73,8 @@ fi
 rm -rf "$planted"
 CIVIC_SCAN_REQUIRE="$scan_families" bash tests/scan_logs.sh target/civic-test-logs
 
-for s in scripts/*.sh scripts/kube/*.sh tests/*.sh tests/peers/*.sh tests/isolation/*.sh tests/e2e/*.sh tests/images/*.sh; do
+for s in scripts/*.sh scripts/kube/*.sh tests/*.sh tests/peers/*.sh tests/isolation/*.sh tests/e2e/*.sh tests/images/*.sh \
+    tests/workflows/*.sh tests/release/*.sh; do
   [ -f "$s" ] && bash -n "$s"
 done
 step "nothing the tests started outlives them"
