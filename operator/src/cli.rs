@@ -1,6 +1,6 @@
 //! Command line: `civic-operator run` (controller and/or webhook), `civic-operator crd` (print
-//! the CRD), `civic-operator inject`. Every `run` flag also reads an environment variable, so the chart can
-//! set them either way.
+//! the CRD), `civic-operator inject`, `civic-operator issuer`. Every `run` flag also reads an
+//! environment variable, so the chart can set them either way.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -41,6 +41,11 @@ pub enum Command {
     /// Print Pods and workload manifests with the Civic sidecar injected, exactly as the
     /// admission webhook would inject them.
     Inject(Box<crate::inject::command::InjectArgs>),
+    /// Print what to enter in Civic Auth's token-exchange provider to trust this cluster's
+    /// service-account issuer (issuer URL, JWKS URI, each binding's audience and subjects), read
+    /// with your kubeconfig, and what stands in the way. Exit status 0: the issuer can work;
+    /// 1: it cannot as it is; 2: the cluster could not be asked.
+    Issuer(Box<crate::issuer::IssuerArgs>),
 }
 
 fn duration(s: &str) -> Result<Duration, humantime::DurationError> {

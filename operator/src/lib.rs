@@ -10,6 +10,7 @@ pub mod controller;
 pub mod crd;
 pub mod error;
 pub mod inject;
+pub mod issuer;
 pub mod leader;
 pub mod metrics;
 pub mod pods;

@@ -9,7 +9,6 @@
 //! (status `InvalidSpec`), the webhook (denied pods) and the credential probe all apply it.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use url::Url;
 
@@ -280,39 +279,20 @@ fn host_allowed(rules: &[HostRule], url: &Url, what: &str, value: &str) -> Resul
 /// as an audience unless `--api-audiences` says otherwise. `None` when discovery is not
 /// served or not readable; a few retries ride out an apiserver that is still starting.
 pub async fn discover_issuer(client: &kube::Client) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Discovery {
-        issuer: String,
-    }
-    let mut retries = civic_sidecar::backoff::Backoff {
-        base: Duration::from_millis(500),
-        max: Duration::from_secs(4),
-        jitter: civic_sidecar::backoff::Jitter::None,
-    }
-    .retries()
-    .take(4);
-    loop {
-        let request = http::Request::get("/.well-known/openid-configuration")
-            .body(Vec::new())
-            .expect("a static request");
-        match client.request::<Discovery>(request).await {
-            Ok(d) => return Some(d.issuer),
-            Err(kube::Error::Api(s)) => {
-                tracing::warn!(
-                    code = s.code,
-                    "the service-account issuer is not readable \
-                    (OIDC discovery); only --refused-audiences are refused"
-                );
-                return None;
-            }
-            Err(e) => match retries.next() {
-                Some(delay) => tokio::time::sleep(delay).await,
-                None => {
-                    tracing::warn!(error = %e, "reading the service-account issuer failed; \
-                        only --refused-audiences are refused");
-                    return None;
-                }
-            },
+    match crate::issuer::discover(client, 4).await {
+        Ok(d) => Some(d.issuer),
+        Err(crate::issuer::DiscoveryError::Refused { code, .. }) => {
+            tracing::warn!(
+                code,
+                "the service-account issuer is not readable \
+                (OIDC discovery); only --refused-audiences are refused"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the service-account issuer failed; \
+                only --refused-audiences are refused");
+            None
         }
     }
 }
