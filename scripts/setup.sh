@@ -18,6 +18,16 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
+# The longest step, Kubernetes and the node runtime from Go modules (cached outside the repo),
+# runs beside the rest: much of it is downloading modules, which overlaps the Rust builds below.
+# Started after the apt step above (its own apt install must not race another); nothing below
+# uses apt.
+step "Kubernetes 1.34 and the node runtime: building in the background"
+kube_log=$(mktemp)
+bash scripts/kube/build.sh >"$kube_log" 2>&1 &
+kube_pid=$!
+trap 'kill "$kube_pid" 2>/dev/null || true' EXIT
+
 step "rust components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
@@ -53,6 +63,13 @@ if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -q '1.37.0'; t
   "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==1.37.0"
 fi
 
-step "Kubernetes 1.34 and the node runtime from Go modules (cached outside the repo)"
-bash scripts/kube/build.sh
+step "Kubernetes 1.34 and the node runtime: waiting for the background build"
+if ! wait "$kube_pid"; then
+  cat "$kube_log" >&2
+  echo "setup: scripts/kube/build.sh failed" >&2
+  exit 1
+fi
+trap - EXIT
+tail -n 5 "$kube_log"
+rm -f "$kube_log"
 step "done"
