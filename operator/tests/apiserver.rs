@@ -7,10 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::ops::Deref;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -18,8 +15,8 @@ use civic_operator::crd::CivicIntegration;
 use civic_testkit::apiserver::KubeApiServer;
 use civic_testkit::secrets::{CLIENT_SECRET, CLIENT_SECRET_WRONG};
 use common::{
-    CI_NAME, Env, OPERATOR_NS, Process, SA_NAME, SECRET_NAME, TEAM, create_integration, eventually,
-    lease_holder, put_secret,
+    CI_NAME, Env, OPERATOR_NS, Operator, SA_NAME, SECRET_NAME, TEAM, create_integration,
+    eventually, lease_holder, put_secret,
 };
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
@@ -33,87 +30,35 @@ const LEASE_DURATION: Duration = Duration::from_secs(4);
 /// Healthy integrations are reconciled this often in these tests.
 const RESYNC: Duration = Duration::from_secs(1);
 
-/// The real `civic-operator run`, its output captured to `target/civic-test-logs/` and scanned
-/// for secrets when it is dropped.
-struct Operator {
-    process: Process,
-    admin: SocketAddr,
+/// The controller alone, as the chart's controller Deployment runs it (the webhook has its own
+/// tiers), with `extra` flags; its final metrics join the secret scan.
+async fn start_operator_with(
+    name: &str,
+    kubeconfig: &Path,
+    ca_file: &Path,
+    extra: &[&str],
+) -> anyhow::Result<Operator> {
+    let mut cmd = Operator::command(name, kubeconfig);
+    cmd.env(
+        "CIVIC_OPERATOR_LOG",
+        "debug,kube=info,hyper=info,tower=info,rustls=info,hyper_util=info,reqwest=info",
+    )
+    .env("CIVIC_OPERATOR_TOKEN_URL_CA_FILE", ca_file)
+    .args(["--webhook-enabled", "false"])
+    .args(["--lease-duration", "4s", "--lease-renew-deadline", "3s"])
+    .args(["--lease-retry-period", "500ms"])
+    .args(["--probe-interval", "1h", "--probe-min-interval", "200ms"])
+    .args(["--backoff-base", "200ms", "--backoff-max", "2s"])
+    .args(extra);
+    let log = format!("operator-{name}.log");
+    Ok(Operator::spawn(name, cmd, &log, Duration::from_secs(15))
+        .await?
+        .capturing_metrics())
 }
 
-impl Deref for Operator {
-    type Target = Process;
-    fn deref(&self) -> &Process {
-        &self.process
-    }
-}
-
-impl Operator {
-    async fn start(name: &str, kubeconfig: &Path, ca_file: &Path) -> anyhow::Result<Self> {
-        Self::start_with(name, kubeconfig, ca_file, &["--resync-interval", "1s"]).await
-    }
-
-    /// With `extra` flags instead of the 1 s resync.
-    async fn start_with(
-        name: &str,
-        kubeconfig: &Path,
-        ca_file: &Path,
-        extra: &[&str],
-    ) -> anyhow::Result<Self> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_civic-operator"));
-        cmd.env_clear()
-            .env("KUBECONFIG", kubeconfig)
-            .env(
-                "CIVIC_OPERATOR_LOG",
-                "debug,kube=info,hyper=info,tower=info,rustls=info,hyper_util=info,reqwest=info",
-            )
-            .env("POD_NAMESPACE", OPERATOR_NS)
-            .env("POD_NAME", name)
-            .env("CIVIC_OPERATOR_TOKEN_URL_CA_FILE", ca_file)
-            .args(["run", "--admin-addr", "127.0.0.1:0"])
-            .envs(common::LOOPBACK_POLICY)
-            // The controller alone, as the chart's controller Deployment runs it (the webhook has
-            // its own tiers).
-            .args(["--webhook-enabled", "false"])
-            .args(["--lease-duration", "4s", "--lease-renew-deadline", "3s"])
-            .args(["--lease-retry-period", "500ms"])
-            .args(["--probe-interval", "1h", "--probe-min-interval", "200ms"])
-            .args(["--backoff-base", "200ms", "--backoff-max", "2s"])
-            .args(extra);
-        let process = Process::spawn(name, cmd, &format!("operator-{name}.log"))?;
-        let admin = process
-            .logged_addr("admin endpoints listening", Duration::from_secs(15))
-            .await?;
-        Ok(Self { process, admin })
-    }
-
-    async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        let r = civic_testkit::client::get(self.admin, path).await?;
-        Ok((r.status, r.text()))
-    }
-
-    /// The value of one sample of the Prometheus text, e.g. `civic_operator_leader`.
-    async fn metric(&self, sample: &str) -> anyhow::Result<f64> {
-        let (status, text) = self.get("/metrics").await?;
-        anyhow::ensure!(status == 200, "/metrics answered {status}");
-        common::sample(&text, sample).with_context(|| format!("no sample {sample} in:\n{text}"))
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        // Its final /metrics joins the log dir for the suite-wide secret scan.
-        let metrics = civic_testkit::capture::capture_metrics(
-            self.admin,
-            &format!("operator-{}-metrics.txt", self.name),
-            &format!("operator {}", self.name),
-        );
-        self.process.stop();
-        if let Err(e) = metrics
-            && !std::thread::panicking()
-        {
-            panic!("{e:#}");
-        }
-    }
+/// [`start_operator_with`] a 1 s resync.
+async fn start_operator(name: &str, kubeconfig: &Path, ca_file: &Path) -> anyhow::Result<Operator> {
+    start_operator_with(name, kubeconfig, ca_file, &["--resync-interval", "1s"]).await
 }
 
 async fn setup() -> anyhow::Result<Env> {
@@ -293,7 +238,7 @@ async fn integration_lifecycle_under_the_chart_rbac() -> anyhow::Result<()> {
 
     schema_rejects_invalid_integrations(admin, &token_url).await?;
 
-    let op = Operator::start("lifecycle", &env.kubeconfig, env.ca.ca_file()).await?;
+    let op = start_operator("lifecycle", &env.kubeconfig, env.ca.ca_file()).await?;
     eventually("operator ready", EVENTUALLY, || async {
         Ok((op.get("/readyz").await?.0 == 200).then_some(()))
     })
@@ -608,7 +553,7 @@ async fn cluster_wide_secret_access_is_get_only_and_rotation_is_rechecked() -> a
     );
 
     create_integration(admin, integration(&env.auth.token_url())).await?;
-    let _op = Operator::start_with(
+    let _op = start_operator_with(
         "recheck",
         &env.kubeconfig,
         env.ca.ca_file(),
@@ -656,7 +601,7 @@ async fn namespaced_secret_access_watches_served_namespaces_only() -> anyhow::Re
     let mut elsewhere = integration(&env.auth.token_url());
     elsewhere["metadata"]["namespace"] = json!(OTHER);
     common::apply_all(admin, vec![elsewhere]).await?;
-    let _op = Operator::start_with(
+    let _op = start_operator_with(
         "namespaced",
         &env.kubeconfig,
         env.ca.ca_file(),
@@ -699,13 +644,13 @@ async fn two_operators_elect_one_leader_and_fail_over() -> anyhow::Result<()> {
     put_secret(admin, CLIENT_SECRET_WRONG).await?;
     create_integration(admin, integration(&token_url)).await?;
 
-    let a = Operator::start("op-a", &env.kubeconfig, env.ca.ca_file()).await?;
+    let a = start_operator("op-a", &env.kubeconfig, env.ca.ca_file()).await?;
     let first = eventually("a leader", EVENTUALLY, || async {
         lease_holder(admin).await
     })
     .await?;
     assert_eq!(first, "op-a");
-    let b = Operator::start("op-b", &env.kubeconfig, env.ca.ca_file()).await?;
+    let b = start_operator("op-b", &env.kubeconfig, env.ca.ca_file()).await?;
     wait_conditions(admin, &[("CredentialsValid", "False", "InvalidClient")]).await?;
 
     // Both replicas are ready; exactly one leads and only it reconciles, over several renewals.
@@ -771,7 +716,7 @@ async fn two_operators_elect_one_leader_and_fail_over() -> anyhow::Result<()> {
         "op-b exits cleanly on SIGTERM"
     );
     assert_eq!(lease_holder(admin).await?, None, "released on shutdown");
-    let c = Operator::start("op-c", &env.kubeconfig, env.ca.ca_file()).await?;
+    let c = start_operator("op-c", &env.kubeconfig, env.ca.ca_file()).await?;
     let started = Instant::now();
     eventually("op-c leads", EVENTUALLY, || async {
         Ok(lease_holder(admin).await?.filter(|h| h == "op-c"))

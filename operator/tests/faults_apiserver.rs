@@ -11,8 +11,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::ops::Deref;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail, ensure};
@@ -20,7 +18,7 @@ use civic_operator::crd::CivicIntegration;
 use civic_testkit::auth::AuthReply;
 use civic_testkit::secrets::{CLIENT_SECRET, CLIENT_SECRET_WRONG};
 use common::{
-    CERT_SECRET, CI_NAME, Env, LEASE, OPERATOR_NS, Process, TEAM, WEBHOOK_CONFIG, apply_all,
+    CERT_SECRET, CI_NAME, Env, LEASE, OPERATOR_NS, Operator, TEAM, WEBHOOK_CONFIG, apply_all,
     create_integration, create_namespace, eventually, integration, lease_holder, put_secret,
 };
 use futures_util::StreamExt as _;
@@ -48,59 +46,23 @@ const SHORT_LEASE: [&str; 6] = [
     "500ms",
 ];
 
-/// The real `civic-operator run`; output captured to `target/civic-test-logs/` and scanned for
-/// secrets when dropped (which kills it).
-struct Operator {
-    process: Process,
-    admin: SocketAddr,
-}
-
-impl Deref for Operator {
-    type Target = Process;
-    fn deref(&self) -> &Process {
-        &self.process
-    }
-}
-
-impl Operator {
-    /// Starts a replica named `name` (its `POD_NAME`) with the common test flags plus `extra`
-    /// (which must not repeat a common flag: clap refuses duplicates).
-    async fn start(env: &Env, name: &str, extra: &[&str]) -> anyhow::Result<Self> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_civic-operator"));
-        cmd.env_clear()
-            .env("KUBECONFIG", env.kubeconfig_for(extra))
-            .env(
-                "CIVIC_OPERATOR_LOG",
-                "debug,kube=info,kube_runtime::watcher=debug,hyper=info,tower=info,rustls=info,\
-                 hyper_util=info,reqwest=info",
-            )
-            .env("POD_NAMESPACE", OPERATOR_NS)
-            .env("POD_NAME", name)
-            .env("CIVIC_OPERATOR_TOKEN_URL_CA_FILE", env.ca.ca_file())
-            .envs(common::LOOPBACK_POLICY)
-            .args([
-                "run",
-                "--admin-addr",
-                "127.0.0.1:0",
-                "--resync-interval",
-                "1s",
-            ])
-            .args(["--probe-interval", "1h", "--probe-min-interval", "200ms"])
-            .args(["--backoff-base", "200ms", "--backoff-max", "2s"])
-            .args(extra);
-        let process = Process::spawn(name, cmd, &format!("operator-faults-{name}.log"))?;
-        let admin = process
-            .logged_addr("admin endpoints listening", Duration::from_secs(20))
-            .await?;
-        Ok(Self { process, admin })
-    }
-
-    /// The value of one Prometheus sample, e.g. `civic_operator_leader`.
-    async fn metric(&self, sample: &str) -> anyhow::Result<f64> {
-        let text = common::metrics_text(self.admin).await?;
-        common::sample(&text, sample)
-            .with_context(|| format!("no sample {sample} in /metrics of {}", self.name))
-    }
+/// Starts a replica named `name` (its `POD_NAME`) with this tier's flags plus `extra` (which
+/// must not repeat one of them: clap refuses duplicates). Not capturing metrics at the end: these
+/// tests kill and freeze replicas.
+async fn start_operator(env: &Env, name: &str, extra: &[&str]) -> anyhow::Result<Operator> {
+    let mut cmd = Operator::command(name, env.kubeconfig_for(extra));
+    cmd.env(
+        "CIVIC_OPERATOR_LOG",
+        "debug,kube=info,kube_runtime::watcher=debug,hyper=info,tower=info,rustls=info,\
+         hyper_util=info,reqwest=info",
+    )
+    .env("CIVIC_OPERATOR_TOKEN_URL_CA_FILE", env.ca.ca_file())
+    .args(["--resync-interval", "1s"])
+    .args(["--probe-interval", "1h", "--probe-min-interval", "200ms"])
+    .args(["--backoff-base", "200ms", "--backoff-max", "2s"])
+    .args(extra);
+    let log = format!("operator-faults-{name}.log");
+    Operator::spawn(name, cmd, &log, Duration::from_secs(20)).await
 }
 
 /// The chart's namespaced Secret mode for [`TEAM`], so that the restart test sees the Secret
@@ -175,7 +137,7 @@ async fn apiserver_restart_and_expired_watches_are_survived() -> anyhow::Result<
     common::create_empty_cert_secret(&admin).await?;
     // A long lease: the operator keeps leading through the restart, so its controller (and its
     // watches) live on and must resume rather than start afresh.
-    let op = Operator::start(
+    let op = start_operator(
         &env,
         "restart",
         &[
@@ -391,7 +353,7 @@ async fn killed_and_frozen_leaders_are_replaced_and_write_nothing_stale() -> any
     flags.extend(SHORT_LEASE);
 
     // --- SIGKILL mid-reconcile: the Secret changed, the probe is in flight, nothing written.
-    let first = Operator::start(&env, "kill-1", &flags).await?;
+    let first = start_operator(&env, "kill-1", &flags).await?;
     wait_conditions(admin, CI_NAME, &[("Ready", "True", "Ready")]).await?;
     let calls = env.auth.calls();
     env.auth
@@ -413,7 +375,7 @@ async fn killed_and_frozen_leaders_are_replaced_and_write_nothing_stale() -> any
     );
     // A fresh replica (a new pod name, as a Deployment gives) waits out the dead one's lease and
     // converges to the right verdict.
-    let second = Operator::start(&env, "kill-2", &flags).await?;
+    let second = start_operator(&env, "kill-2", &flags).await?;
     wait_conditions(
         admin,
         CI_NAME,
@@ -439,13 +401,13 @@ async fn killed_and_frozen_leaders_are_replaced_and_write_nothing_stale() -> any
 
     // --- SIGSTOP: the leader freezes holding a verdict it has not written yet.
     put_secret(admin, CLIENT_SECRET).await?;
-    let a = Operator::start(&env, "frozen-a", &flags).await?;
+    let a = start_operator(&env, "frozen-a", &flags).await?;
     eventually("frozen-a leads", EVENTUALLY, || async {
         Ok(lease_holder(admin).await?.filter(|h| h == "frozen-a"))
     })
     .await?;
     wait_conditions(admin, CI_NAME, &[("Ready", "True", "Ready")]).await?;
-    let b = Operator::start(&env, "frozen-b", &flags).await?;
+    let b = start_operator(&env, "frozen-b", &flags).await?;
     eventually("frozen-b campaigns", EVENTUALLY, || async {
         Ok((b.metric(LEADER).await? == 0.0).then_some(()))
     })
@@ -607,7 +569,7 @@ async fn webhook_certificates_rotate_under_traffic_and_a_dead_webhook_fails_clos
         "ghcr.io/civic-mcp/civic-sidecar:test",
     ];
     flags.extend(SHORT_LEASE);
-    let op = Operator::start(&env, "webhook-1", &flags).await?;
+    let op = start_operator(&env, "webhook-1", &flags).await?;
     apply_all(
         admin,
         vec![common::chart_webhook_config(&format!(
@@ -766,7 +728,7 @@ async fn webhook_certificates_rotate_under_traffic_and_a_dead_webhook_fails_clos
         tokio::time::sleep(left + Duration::from_secs(1)).await;
     }
     let restarted = Instant::now();
-    let op = Operator::start(&env, "webhook-2", &flags).await?;
+    let op = start_operator(&env, "webhook-2", &flags).await?;
     let first = eventually("admission resumes", EVENTUALLY, || async {
         let name = format!("after-restart-{}", restarted.elapsed().as_millis());
         let (status, body) =
@@ -793,7 +755,7 @@ async fn webhook_certificates_rotate_under_traffic_and_a_dead_webhook_fails_clos
     // apiserver instead of exiting into CrashLoopBackOff, then serves.
     drop(op);
     env.cluster.stop_apiserver().await?;
-    let op = Operator::start(&env, "webhook-3", &flags).await?;
+    let op = start_operator(&env, "webhook-3", &flags).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     ensure!(
         op.running(),
@@ -1310,7 +1272,7 @@ async fn invalid_integrations_are_rejected_by_the_schema_or_reported() -> anyhow
             .await
             .with_context(|| format!("the schema must accept case {i} ({})", cases[i].0))?;
     }
-    let op = Operator::start(&env, "validation", &["--webhook-enabled", "false"]).await?;
+    let op = start_operator(&env, "validation", &["--webhook-enabled", "false"]).await?;
     let api = Api::<CivicIntegration>::namespaced(admin.clone(), TEAM);
     for (i, (what, path, _)) in cases.iter().enumerate() {
         let ci = wait_conditions(

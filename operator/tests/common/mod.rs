@@ -265,6 +265,93 @@ impl Drop for Process {
     }
 }
 
+/// A running `civic-operator run` replica and its admin address; stopped (and its output
+/// scanned) when dropped.
+pub struct Operator {
+    pub process: Process,
+    pub admin: SocketAddr,
+    capture_metrics: bool,
+}
+
+impl std::ops::Deref for Operator {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl Operator {
+    /// `civic-operator run` as replica `name` (its `POD_NAME`) of [`OPERATOR_NS`] under
+    /// `kubeconfig`: a clean environment, the admin listener on a free loopback port and the
+    /// tests' [`LOOPBACK_POLICY`]. Each tier adds its own flags.
+    pub fn command(name: &str, kubeconfig: &Path) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_civic-operator"));
+        cmd.env_clear()
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAMESPACE", OPERATOR_NS)
+            .env("POD_NAME", name)
+            .envs(LOOPBACK_POLICY)
+            .args(["run", "--admin-addr", "127.0.0.1:0"]);
+        cmd
+    }
+
+    /// Spawns `cmd`, logging to `log_file`, and waits up to `within` for its admin listener.
+    pub async fn spawn(
+        name: &str,
+        cmd: Command,
+        log_file: &str,
+        within: Duration,
+    ) -> anyhow::Result<Self> {
+        let process = Process::spawn(name, cmd, log_file)?;
+        let admin = process
+            .logged_addr("admin endpoints listening", within)
+            .await?;
+        Ok(Self {
+            process,
+            admin,
+            capture_metrics: false,
+        })
+    }
+
+    /// When dropped, its final `/metrics` joins the log dir for the suite-wide secret scan (for
+    /// replicas that are still answering at the end of their test).
+    pub fn capturing_metrics(mut self) -> Self {
+        self.capture_metrics = true;
+        self
+    }
+
+    /// `GET path` on the admin listener: status and body.
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let r = civic_testkit::client::get(self.admin, path).await?;
+        Ok((r.status, r.text()))
+    }
+
+    /// The value of one Prometheus sample, e.g. `civic_operator_leader`.
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let text = metrics_text(self.admin).await?;
+        sample(&text, name)
+            .with_context(|| format!("no sample {name} in /metrics of {}", self.name))
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let metrics = self.capture_metrics.then(|| {
+            civic_testkit::capture::capture_metrics(
+                self.admin,
+                &format!("operator-{}-metrics.txt", self.name),
+                &format!("operator {}", self.name),
+            )
+        });
+        self.process.stop();
+        if let Some(Err(e)) = metrics
+            && !std::thread::panicking()
+        {
+            panic!("{e:#}");
+        }
+    }
+}
+
 /// The operator's `/metrics` text from its admin listener.
 pub async fn metrics_text(admin: SocketAddr) -> anyhow::Result<String> {
     let r = civic_testkit::client::get(admin, "/metrics").await?;
