@@ -8,7 +8,8 @@ t0=$SECONDS
 step() { printf '\n== setup: %s (%ss)\n' "$*" "$((SECONDS - t0))"; }
 
 need_apt=()
-for pair in unzip:unzip shellcheck:shellcheck ip:iproute2 curl:curl openssl:openssl; do
+# chromium: the browser tier (tests/browser), headless.
+for pair in unzip:unzip shellcheck:shellcheck ip:iproute2 curl:curl openssl:openssl chromium:chromium; do
   command -v "${pair%%:*}" >/dev/null || need_apt+=("${pair#*:}")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -38,6 +38,14 @@ else
   echo "test: not root, so the isolation tier cannot run here (CI runs it as root)"
 fi
 
+step "browser tier: headless Chromium calls the sidecar across origins (CORS; tests/browser; ~10 s)"
+if [ "$(id -u)" -eq 0 ]; then
+  bash tests/browser/run.sh
+  scan_families="$scan_families browser"
+else
+  echo "test: not root, so the browser tier cannot run here (CI runs it as root)"
+fi
+
 step "node tier: a real Kubernetes 1.34 node (scripts/node.sh) and the e2e suite on it (~6 min)"
 if [ "$(id -u)" -eq 0 ]; then
   bash scripts/images.sh
@@ -73,8 +81,8 @@ fi
 rm -rf "$planted"
 CIVIC_SCAN_REQUIRE="$scan_families" bash tests/scan_logs.sh target/civic-test-logs
 
-for s in scripts/*.sh scripts/kube/*.sh tests/*.sh tests/peers/*.sh tests/isolation/*.sh tests/e2e/*.sh tests/images/*.sh \
-    tests/workflows/*.sh tests/release/*.sh; do
+for s in scripts/*.sh scripts/kube/*.sh tests/*.sh tests/peers/*.sh tests/isolation/*.sh tests/browser/*.sh \
+    tests/e2e/*.sh tests/images/*.sh tests/workflows/*.sh tests/release/*.sh; do
   [ -f "$s" ] && bash -n "$s"
 done
 step "nothing the tests started outlives them"

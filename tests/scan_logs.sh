@@ -3,7 +3,7 @@
 # the output of every sidecar, operator, SDK peer and fake process the suite starts, the final
 # /metrics of every sidecar and operator (`*-metrics.txt`), and from the kube-apiserver tier every
 # Event, CivicIntegration spec and status, and Pod (`cluster-*.jsonl`) plus the components' logs
-# (civic-testkit `capture`), and the isolation tier's sidecar log.
+# (civic-testkit `capture`), and the isolation and browser tiers' sidecar logs.
 #
 # What counts as a secret (civic-testkit `secrets`): every client secret the tests use contains
 # `cts-SECRET`, and every token the testkit mints (subject tokens, exchanged access tokens,
@@ -41,6 +41,7 @@ family_ok() {
     operator) grep -rlsF --include='operator-*.log' 'admin endpoints listening' "$dir" | head -1 ;;
     cluster) grep -rlsF --include='cluster-*.jsonl' '"civicIntegration"' "$dir" | head -1 ;;
     isolation) find "$dir" -name 'isolation-sidecar-*.log' -size +0 | head -1 ;;
+    browser) find "$dir" -name 'browser-sidecar-*.log' -size +0 | head -1 ;;
     node) grep -rlsF --include='*_civic-sidecar.log' 'proxy listening' "$dir"/e2e-local/pods 2>/dev/null | head -1 ;;
     *) echo "scan_logs: unknown family $1" >&2; return 1 ;;
   esac

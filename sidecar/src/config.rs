@@ -125,12 +125,13 @@ struct Cli {
     #[arg(long, env = ENV_LOG, default_value = DEFAULT_LOG, value_name = "FILTER",
           value_parser = Trimmed(log_filter))]
     log: String,
-    /// Log format: json or text.
-    // Listing the values with their help would switch all of `--help` to the long layout.
-    #[arg(long, env = ENV_LOG_FORMAT, default_value = DEFAULT_LOG_FORMAT, value_name = "FORMAT",
+    /// Log format: json or text [default: text when stderr is a terminal, else json].
+    // Listing the values with their help would switch all of `--help` to the long layout. No
+    // clap default: an unset format must stay distinguishable from an explicit `json`.
+    #[arg(long, env = ENV_LOG_FORMAT, value_name = "FORMAT",
           value_parser = Trimmed(clap::builder::EnumValueParser::<LogFormat>::new()),
           ignore_case = true, hide_possible_values = true)]
-    log_format: LogFormat,
+    log_format: Option<LogFormat>,
 }
 
 /// How the sidecar gets the token it sends to the hub.
@@ -186,6 +187,18 @@ pub enum LogFormat {
     Text,
 }
 
+impl LogFormat {
+    /// The format to log in: the one set, else text for a person at a terminal and JSON
+    /// ([`DEFAULT_LOG_FORMAT`]) for everything else, a pod's log collector above all.
+    pub fn choose(set: Option<LogFormat>, stderr_is_terminal: bool) -> LogFormat {
+        match set {
+            Some(format) => format,
+            None if stderr_is_terminal => LogFormat::Text,
+            None => LogFormat::Json,
+        }
+    }
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -229,8 +242,8 @@ pub struct Config {
     pub worker_threads: usize,
     /// `tracing` filter.
     pub log_filter: String,
-    /// Log output format.
-    pub log_format: LogFormat,
+    /// Log output format as set; `None` leaves it to [`LogFormat::choose`].
+    pub log_format: Option<LogFormat>,
 }
 
 /// Why the configuration was not accepted (or help was asked for).
@@ -513,6 +526,11 @@ impl Config {
             client_id,
             secret_file,
         })
+    }
+
+    /// The log format for a stderr that is, or is not, a terminal ([`LogFormat::choose`]).
+    pub fn log_format_for(&self, stderr_is_terminal: bool) -> LogFormat {
+        LogFormat::choose(self.log_format, stderr_is_terminal)
     }
 
     /// The hub's `host[:port]` as the `Host` header should carry it.
@@ -841,7 +859,9 @@ mod tests {
         assert_eq!(c.exchange_timeout, Duration::from_secs(10));
         assert_eq!(c.worker_threads, 1);
         assert_eq!(c.max_cached_subjects, 1024);
-        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.log_format, None);
+        assert_eq!(c.log_format_for(false), LogFormat::Json);
+        assert_eq!(c.log_format_for(true), LogFormat::Text);
         assert_eq!(c.token_ttl_seconds, None);
         assert_eq!(c.scope, None);
         assert!(matches!(c.mode, SubjectMode::File { .. }));
@@ -906,7 +926,7 @@ mod tests {
         assert_eq!(c.exchange_timeout, Duration::from_secs(15));
         assert_eq!(c.max_cached_subjects, 10);
         assert_eq!(c.worker_threads, 2);
-        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.log_format, Some(LogFormat::Text));
         assert_eq!(
             c.subject_token_type,
             "urn:ietf:params:oauth:token-type:id_token"
@@ -1029,7 +1049,7 @@ mod tests {
             "2 ",
         );
         let c = parse(&env, &[]).unwrap();
-        assert_eq!((c.log_format, c.worker_threads), (LogFormat::Text, 2));
+        assert_eq!((c.log_format, c.worker_threads), (Some(LogFormat::Text), 2));
         let text = error_of(&env, &["--worker-threads"]);
         assert!(
             text.starts_with("invalid CIVIC_WORKER_THREADS (--worker-threads)"),
@@ -1037,6 +1057,33 @@ mod tests {
         );
         let text = error_of(&env, &["--log-format=xml"]);
         assert!(text.contains("json, text"), "{text}");
+    }
+
+    #[test]
+    fn log_format_set_wins_unset_follows_the_terminal() {
+        use LogFormat::{Json, Text};
+        for (set, terminal, want) in [
+            (None, false, Json),
+            (None, true, Text),
+            (Some(Json), true, Json),
+            (Some(Json), false, Json),
+            (Some(Text), false, Text),
+            (Some(Text), true, Text),
+        ] {
+            assert_eq!(LogFormat::choose(set, terminal), want, "{set:?} {terminal}");
+        }
+        // The documented pod default is what an unset format gives off a terminal.
+        assert_eq!(
+            LogFormat::from_str(DEFAULT_LOG_FORMAT, true),
+            Ok(LogFormat::choose(None, false))
+        );
+        // An explicit `json` (variable or flag) is kept on a terminal too.
+        let c = parse(&with(env(), ENV_LOG_FORMAT, "json"), &[]).unwrap();
+        assert_eq!(c.log_format_for(true), Json);
+        let c = parse(&env(), &["--log-format", "json"]).unwrap();
+        assert_eq!(c.log_format_for(true), Json);
+        let c = parse(&with(env(), ENV_LOG_FORMAT, ""), &[]).unwrap();
+        assert_eq!(c.log_format, None, "empty counts as unset");
     }
 
     #[test]

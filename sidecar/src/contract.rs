@@ -38,7 +38,7 @@ pub const ENV_SCOPE: &str = "CIVIC_SCOPE";
 pub const ENV_PROFILE_HEADER: &str = "CIVIC_PROFILE_HEADER";
 /// Log filter and format (tracing `EnvFilter` syntax).
 pub const ENV_LOG: &str = "CIVIC_LOG";
-/// Log output format: `json` (default) or `text`.
+/// Log output format: `json` or `text`; unset, `text` when stderr is a terminal, else `json`.
 pub const ENV_LOG_FORMAT: &str = "CIVIC_LOG_FORMAT";
 /// Extra PEM CA certificates trusted for the hub and token endpoint, besides the webpki roots.
 pub const ENV_CA_FILE: &str = "CIVIC_CA_FILE";
@@ -73,7 +73,7 @@ pub const DEFAULT_SUBJECT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:a
 pub const DEFAULT_PROFILE_HEADER: &str = "x-civic-profile-id";
 /// Default of [`ENV_LOG`].
 pub const DEFAULT_LOG: &str = "info";
-/// Default of [`ENV_LOG_FORMAT`].
+/// Default of [`ENV_LOG_FORMAT`] when stderr is not a terminal (a pod, a file, a pipe).
 pub const DEFAULT_LOG_FORMAT: &str = "json";
 /// Default of [`ENV_MAX_BODY_BYTES`]: 4 MiB, the official Python MCP server's own limit.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 * 1024 * 1024;

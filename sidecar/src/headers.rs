@@ -105,10 +105,12 @@ impl RequestRewrite {
     }
 }
 
-/// Turns the hub's response headers into the workload's: hop-by-hop and `WWW-Authenticate` go.
+/// Turns the hub's response headers into the workload's: hop-by-hop, `WWW-Authenticate` and
+/// `Access-Control-*` go (the sidecar answers CORS for itself, [`crate::cors`]).
 pub fn rewrite_response(headers: &mut HeaderMap) {
     remove_hop_by_hop(headers);
     headers.remove(header::WWW_AUTHENTICATE);
+    crate::cors::remove_cors_headers(headers);
 }
 
 /// The query without [`PROFILE_QUERY_PARAMS`] (names compared after percent-decoding), the
@@ -311,9 +313,13 @@ mod tests {
             ("connection", "keep-alive"),
             ("keep-alive", "timeout=5"),
             ("transfer-encoding", "chunked"),
+            ("access-control-allow-origin", "*"),
+            ("access-control-allow-credentials", "true"),
         ]);
         rewrite_response(&mut h);
         assert!(!h.contains_key("www-authenticate"));
+        assert!(!h.contains_key("access-control-allow-origin"));
+        assert!(!h.contains_key("access-control-allow-credentials"));
         assert!(!h.contains_key("keep-alive"));
         assert!(!h.contains_key("connection"));
         assert!(!h.contains_key("transfer-encoding"));

@@ -41,7 +41,8 @@
 //! [`server::Server::run`]. Inside: [`token::TokenSource`] gives each request its token (static
 //! file, or exchanged through the [`cache::TokenCache`] for a subject from a [`subject`] file or
 //! header); [`proxy::Proxy`] checks and rewrites requests ([`guard`], [`headers`]) and relays
-//! them over one [`upstream`] connection per workload connection; [`admin`] serves `/livez`,
+//! them over one [`upstream`] connection per workload connection, answering CORS for browser
+//! pages on allowed origins ([`cors`]); [`admin`] serves `/livez`,
 //! `/readyz` and `/metrics` ([`metrics`]).
 #![warn(missing_docs)]
 
@@ -51,6 +52,7 @@ pub mod body;
 pub mod cache;
 pub mod config;
 pub mod contract;
+pub mod cors;
 pub mod error;
 pub mod exchange;
 pub mod guard;

@@ -1,5 +1,6 @@
 //! `civic-sidecar`: parse the configuration, set up logging, run the server.
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -55,7 +56,7 @@ fn init_tracing(config: &Config) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(true);
-    match config.log_format {
+    match config.log_format_for(std::io::stderr().is_terminal()) {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)

@@ -1,8 +1,8 @@
 //! The data path: one workload request in, one hub request out (docs/protocol.md statements 1–7,
 //! 17–19, 21–28).
 //!
-//! Order of checks: DNS-rebinding guard (`Host` 421, `Origin` 403), route (404), method (405),
-//! declared size (413), token, body. Small bodies (≤ [`REPLAY_LIMIT`]) are read whole so the
+//! Order of checks: DNS-rebinding guard (`Host` 421, `Origin` 403), route (404), CORS preflight
+//! (answered here, [`crate::cors`]), method (405), declared size (413), token, body. Small bodies (≤ [`REPLAY_LIMIT`]) are read whole so the
 //! request can be replayed once after an upstream 401 with a fresh token; larger ones stream
 //! through, counted against the limit.
 
@@ -25,6 +25,7 @@ use tokio::sync::Mutex;
 
 use crate::body::{BodyError, RequestBody, ResponseBody, StreamGuard};
 use crate::config::{Config, SubjectMode};
+use crate::cors;
 use crate::error::ProxyError;
 use crate::exchange::Exchange;
 use crate::guard::{OriginPolicy, is_loopback_authority};
@@ -157,9 +158,23 @@ impl<E: Exchange> Proxy<E> {
             Ok(id) => self.tokens.routes().get(*id).name.as_str(),
             Err(_) => "",
         };
-        let response = match self.forward(connection, request, route.clone()).await {
+        // A preflight's answer carries its own CORS headers; every other answer to an allowed
+        // origin gets them here, the sidecar's own errors included, so a page can read them.
+        let mut cors_origin = if cors::is_preflight(&method, request.headers()) {
+            None
+        } else {
+            cors::allowed_origin(request.headers(), &self.origins)
+        };
+        let mut response = match self.forward(connection, request, route.clone()).await {
             Ok(response) => response,
             Err(error) => {
+                // A request for another host (DNS rebinding) is opened to no origin.
+                if matches!(
+                    error,
+                    ProxyError::MisdirectedHost | ProxyError::BadRequest(_)
+                ) {
+                    cors_origin = None;
+                }
                 let status = error.status();
                 if status.is_server_error() {
                     tracing::warn!(%method, status = status.as_u16(), reason = error.category(), error = %error, "request failed");
@@ -169,6 +184,9 @@ impl<E: Exchange> Proxy<E> {
                 error.into_response()
             }
         };
+        if let Some(origin) = &cors_origin {
+            cors::allow_response(response.headers_mut(), origin);
+        }
         abandoned.answered();
         self.metrics.observe_request(response.status(), profile);
         tracing::debug!(
@@ -188,6 +206,10 @@ impl<E: Exchange> Proxy<E> {
         route: Result<RouteId, Unrouted>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let (mut parts, body) = request.into_parts();
+        if cors::is_preflight(&parts.method, &parts.headers) {
+            discard(body, &parts.headers);
+            return self.preflight(&parts, route);
+        }
         let route = match self.admit(&parts, route) {
             Ok(route) => route,
             Err(e) => {
@@ -300,6 +322,24 @@ impl<E: Exchange> Proxy<E> {
             ResponseBody::upstream(body, StreamGuard::new(self.metrics.clone()))
         };
         Response::from_parts(parts, body)
+    }
+
+    /// A CORS preflight, answered here after the same guard and route checks as any request:
+    /// never forwarded, so it needs no token.
+    fn preflight(
+        &self,
+        parts: &http::request::Parts,
+        route: Result<RouteId, Unrouted>,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        self.check(parts)?;
+        route?;
+        // `check` let every `Origin` through; CORS also wants exactly one.
+        let origin = cors::allowed_origin(&parts.headers, &self.origins)
+            .ok_or(ProxyError::ForbiddenOrigin)?;
+        if !cors::preflight_method_allowed(&parts.headers) {
+            return Err(ProxyError::MethodNotAllowed);
+        }
+        Ok(cors::preflight_response(&origin, &parts.headers))
     }
 
     /// Everything decided from the request head alone: guard, route, method, declared size.

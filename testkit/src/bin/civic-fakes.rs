@@ -521,6 +521,11 @@ impl Fakes {
             "subject_issued_at": *s.subject_issued_at.lock().unwrap(),
             "hub_requests": requests.len(),
             "hub_authorized": requests.iter().filter(|r| r.authorized).count(),
+            // Bounded by what a request can be: HTTP methods, and JSON-RPC method names.
+            "hub_http_methods": count_by(requests.iter().map(|r| r.method.clone())),
+            "hub_jsonrpc_methods": count_by(requests.iter().filter_map(|r| {
+                r.json()?["method"].as_str().map(|m| m.chars().take(64).collect())
+            })),
             "hub_with_profile_header": requests
                 .iter()
                 .filter(|r| r.header("x-civic-profile-id").is_some())
@@ -540,6 +545,15 @@ impl Fakes {
                 .count(),
         })
     }
+}
+
+/// How often each value occurs.
+fn count_by(values: impl Iterator<Item = String>) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for v in values {
+        *counts.entry(v).or_default() += 1;
+    }
+    counts
 }
 
 /// The hub accepts a token only when the fake Auth issued it locked to one of `profiles`.
@@ -1378,6 +1392,8 @@ m+td74KGx3e6eNmO3ZhG1w==
             "issued_by_secret",
             "hub_requests",
             "hub_authorized",
+            "hub_http_methods",
+            "hub_jsonrpc_methods",
             "hub_with_profile_header",
             "issued_by_profile",
             "hub_profile_header_mismatch",
