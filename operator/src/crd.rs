@@ -277,7 +277,7 @@ pub struct CivicIntegrationStatus {
     pub bindings: Vec<BindingStatus>,
 }
 
-/// Pod counts of one binding.
+/// Pod counts of one binding, and what Civic Auth must trust for its exchanges.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BindingStatus {
@@ -287,6 +287,45 @@ pub struct BindingStatus {
     pub matched_pods: i32,
     /// Of those, the pods that carry this binding's sidecar.
     pub injected_pods: i32,
+    /// The audience of the subject tokens this binding's pods present (service-account
+    /// subjects): Civic Auth's token-exchange provider must accept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// The `sub` the subject tokens carry, as a format: for service-account subjects
+    /// `system:serviceaccount:<namespace>:<service account>`; for per-user subjects, whose tokens
+    /// come from the application's identity provider, a note saying so. Absent for static tokens
+    /// (no exchange). `civic-operator issuer` prints the issuer to trust with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+impl BindingStatus {
+    /// A binding's status with no pods counted yet.
+    pub fn of(namespace: &str, binding: &ProfileBinding) -> Self {
+        let (audience, subject) = match &binding.subject {
+            SubjectSource::ServiceAccountToken(sa) => (
+                Some(sa.audience.clone()),
+                Some(format!(
+                    "system:serviceaccount:{namespace}:<service account of the pod>"
+                )),
+            ),
+            SubjectSource::RequestHeader(h) => (
+                None,
+                Some(format!(
+                    "the user's token from request header {}, issued by your identity provider",
+                    h.name
+                )),
+            ),
+            SubjectSource::CivicTokenSecretRef(_) => (None, None),
+        };
+        Self {
+            name: binding.name.clone(),
+            matched_pods: 0,
+            injected_pods: 0,
+            audience,
+            subject,
+        }
+    }
 }
 
 impl CivicIntegration {

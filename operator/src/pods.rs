@@ -201,11 +201,7 @@ pub fn binding_counts(
         .collect();
     let mut counts: Vec<BindingStatus> = bindings
         .iter()
-        .map(|b| BindingStatus {
-            name: b.name.clone(),
-            matched_pods: 0,
-            injected_pods: 0,
-        })
+        .map(|b| BindingStatus::of(namespace, b))
         .collect();
     let all = index.read();
     for pod in all.get(namespace).into_iter().flat_map(HashMap::values) {

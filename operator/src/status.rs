@@ -248,9 +248,9 @@ mod tests {
             secret,
             credentials: creds,
             bindings: vec![BindingStatus {
-                name: "support".into(),
                 matched_pods: 3,
                 injected_pods: 2,
+                ..BindingStatus::of("team", &crate::testing::binding("support", "agent"))
             }],
         }
     }

@@ -284,7 +284,8 @@ impl ExchangeClient {
             retry_after,
             &body,
             &redactions(credentials, request),
-        )?;
+        )
+        .map_err(|e| name_untrusted_issuer(e, request.subject_token.expose()))?;
         let lifetime = token_lifetime(
             parsed.expires_in,
             jwt::expiry(parsed.access_token.expose()),
@@ -392,6 +393,45 @@ pub fn basic_auth(credentials: &ClientCredentials) -> HeaderValue {
     .expect("base64 is a valid header value");
     value.set_sensitive(true);
     value
+}
+
+/// An `invalid_grant` means Civic Auth refused the subject token, most often because its
+/// token-exchange provider does not trust the token's issuer (or audience): say which, as read
+/// from the token, so the fix is at hand.
+fn name_untrusted_issuer(error: ExchangeError, subject_token: &str) -> ExchangeError {
+    match error {
+        ExchangeError::Rejected {
+            status,
+            code,
+            description,
+        } if code == "invalid_grant" => {
+            let (iss, aud) = jwt::issuer_and_audience(subject_token);
+            let Some(iss) = iss else {
+                return ExchangeError::Rejected {
+                    status,
+                    code,
+                    description,
+                };
+            };
+            let audience = aud
+                .map(|a| format!(" for audience {a:?}"))
+                .unwrap_or_default();
+            let mut hint = format!(
+                "Civic Auth does not trust this issuer: {iss:?}{audience} (register it in the \
+                 Civic Auth app's token exchange settings; civic-operator issuer prints the values)"
+            );
+            if let Some(d) = description {
+                hint.push_str("; ");
+                hint.push_str(&d);
+            }
+            ExchangeError::Rejected {
+                status,
+                code,
+                description: Some(hint),
+            }
+        }
+        other => other,
+    }
 }
 
 /// The form fields of an exchange, in wire order. Optional fields appear only when configured.
@@ -657,6 +697,39 @@ mod tests {
             expires_in: None,
             scope: None,
         }
+    }
+
+    #[test]
+    fn invalid_grant_names_the_issuer_to_trust() {
+        let subject = jwt::make(&json!({"iss": "https://oidc.example/id/ABC", "aud": "civic"}));
+        let rejected = |code: &str| ExchangeError::Rejected {
+            status: 400,
+            code: code.into(),
+            description: Some("subject token rejected".into()),
+        };
+        let named = name_untrusted_issuer(rejected("invalid_grant"), &subject).to_string();
+        assert_eq!(
+            named,
+            "token exchange rejected: invalid_grant (HTTP 400): Civic Auth does not trust this \
+             issuer: \"https://oidc.example/id/ABC\" for audience \"civic\" (register it in the \
+             Civic Auth app's token exchange settings; civic-operator issuer prints the values); \
+             subject token rejected"
+        );
+        assert_eq!(named_category(&subject), "invalid_grant");
+        // Other rejections, and subjects that are not JWTs, are left as they are.
+        let other = name_untrusted_issuer(rejected("invalid_client"), &subject).to_string();
+        assert!(!other.contains("issuer"), "{other}");
+        let opaque = name_untrusted_issuer(rejected("invalid_grant"), "opaque").to_string();
+        assert!(!opaque.contains("issuer"), "{opaque}");
+    }
+
+    fn named_category(subject: &str) -> &'static str {
+        let e = ExchangeError::Rejected {
+            status: 400,
+            code: "invalid_grant".into(),
+            description: None,
+        };
+        name_untrusted_issuer(e, subject).category()
     }
 
     fn names(fields: &[(&'static str, String)]) -> Vec<&'static str> {

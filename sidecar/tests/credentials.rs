@@ -525,7 +525,13 @@ async fn s15_invalid_grant_is_502_and_not_cached() {
     )
     .await;
     let r = env.call(1).await.unwrap();
-    assert_sidecar_error(&r, 502, &["invalid_grant"]);
+    // The issuer and audience Civic Auth must trust, read from the subject token (the message
+    // is compared in lower case).
+    let trust = format!(
+        "civic auth does not trust this issuer: \"{}\" for audience \"civic\"",
+        civic_testkit::secrets::SUBJECT_ISSUER.to_ascii_lowercase()
+    );
+    assert_sidecar_error(&r, 502, &["invalid_grant", &trust]);
     assert_eq!(env.hub.request_count(), 0);
     env.auth.set_default(AuthReply::ok());
     let mut ok = false;
