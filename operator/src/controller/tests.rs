@@ -301,7 +301,10 @@ async fn good_credentials_make_it_ready_and_the_verdict_is_reused() {
     );
     assert_eq!(
         body["status"]["bindings"],
-        json!([{"name": "support", "matchedPods": 0, "injectedPods": 0}])
+        json!([{
+            "name": "support", "matchedPods": 0, "injectedPods": 0, "audience": "civic",
+            "subject": "system:serviceaccount:team:<service account of the pod>",
+        }])
     );
     let events = expect_events(&mut mock, 3).await;
     assert!(events.iter().all(|(t, _)| t == "Normal"), "{events:?}");
