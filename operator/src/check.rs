@@ -83,6 +83,10 @@ pub struct CheckArgs {
     /// Deployment's CIVIC_OPERATOR_WEBHOOK_CERT_SECRET, else the chart's name.
     #[arg(long)]
     pub webhook_cert_secret: Option<String>,
+    /// Kubeconfig context to use (default: the current one). `kubectl civic` does not pass
+    /// kubectl's own `--context` on, hence this.
+    #[arg(long)]
+    pub context: Option<String>,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value = "text")]
     pub output: Output,
@@ -665,7 +669,19 @@ pub fn probe_pod(probe: &Probe, suffix: &str) -> Value {
             "labels": probe.labels,
             "annotations": annotations,
         },
-        "spec": {"containers": [{"name": "check", "image": "registry.k8s.io/pause:3.10"}]},
+        // `restricted` Pod Security and a quota that demands limits must not refuse it: the
+        // check is about the webhook.
+        "spec": {
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "check", "image": "registry.k8s.io/pause:3.10",
+                "securityContext": {"allowPrivilegeEscalation": false,
+                                    "capabilities": {"drop": ["ALL"]}},
+                "resources": {"requests": {"cpu": "1m", "memory": "8Mi"},
+                              "limits": {"cpu": "10m", "memory": "16Mi"}},
+            }],
+        },
     })
 }
 
@@ -795,9 +811,12 @@ pub fn check_integrations(integrations: &[CivicIntegration], scope: &str) -> Vec
 
 // ---------------------------------------------------------------- 6. opted-in pods without the sidecar
 
+/// A workload to `kubectl rollout restart`: its kind, lower case, and name.
+pub type Workload = (String, String);
+
 /// What recreates a pod: `kind/name` to `kubectl rollout restart`, or none (bare pods, Jobs,
 /// ReplicaSets without a Deployment).
-pub fn restart_target(pod: &Pod, replica_sets: &[ReplicaSet]) -> Option<(String, String)> {
+pub fn restart_target(pod: &Pod, replica_sets: &[ReplicaSet]) -> Option<Workload> {
     let ns = pod.namespace();
     let owner = pod
         .owner_references()
@@ -828,7 +847,7 @@ pub fn check_opted_in(
     integrations: Option<&[CivicIntegration]>,
     replica_sets: &[ReplicaSet],
 ) -> Vec<Line> {
-    let mut stale: BTreeMap<(String, Option<(String, String)>), Vec<String>> = BTreeMap::new();
+    let mut stale: BTreeMap<(String, Option<Workload>), Vec<String>> = BTreeMap::new();
     let mut unselected = BTreeSet::new();
     let mut opted = 0;
     for pod in pods {
@@ -1323,9 +1342,20 @@ pub fn main(args: CheckArgs) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let client = kube::Client::try_default()
-            .await
-            .map_err(CheckError::Client)?;
+        let client = match &args.context {
+            None => kube::Client::try_default().await,
+            Some(context) => {
+                let options = kube::config::KubeConfigOptions {
+                    context: Some(context.clone()),
+                    ..Default::default()
+                };
+                kube::Config::from_kubeconfig(&options)
+                    .await
+                    .map_err(kube::Error::InferKubeconfig)
+                    .and_then(kube::Client::try_from)
+            }
+        }
+        .map_err(CheckError::Client)?;
         run(&client, &args).await
     });
     match result {

@@ -348,6 +348,8 @@ async fn check_passes_then_finds_each_problem() -> anyhow::Result<()> {
     // Usage errors, and no cluster to ask: 2.
     let run = check(&kubeconfig, &["-o", "yaml"]).await?;
     ensure!(run.code == Some(2), "exit status {:?}", run.code);
+    let run = check(&kubeconfig, &["--context", "no-such-context"]).await?;
+    ensure!(run.code == Some(2), "exit status {:?}", run.code);
     let run = check(&env.cluster.dir().join("no-such-kubeconfig"), &[]).await?;
     ensure!(run.code == Some(2), "exit status {:?}", run.code);
     ensure!(!run.stderr.is_empty());
