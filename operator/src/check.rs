@@ -1072,6 +1072,28 @@ fn env_of(d: Option<&Deployment>, name: &str) -> Option<String> {
         .clone()
 }
 
+/// The Secret mounted at the webhook's certificate directory (cert-manager mode, where the
+/// environment names the directory, not the Secret).
+pub fn cert_dir_secret(d: Option<&Deployment>) -> Option<String> {
+    let dir = env_of(d, "CIVIC_OPERATOR_WEBHOOK_CERT_DIR")?;
+    let spec = d?.spec.as_ref()?.template.spec.as_ref()?;
+    let volume = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.volume_mounts.iter().flatten())
+        .find(|m| m.mount_path.trim_end_matches('/') == dir.trim_end_matches('/'))?
+        .name
+        .clone();
+    spec.volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == volume)?
+        .secret
+        .as_ref()?
+        .secret_name
+        .clone()
+}
+
 /// The chart's `fullname` from a Deployment named `<fullname>-<component>`.
 fn fullname(deployments: &[Deployment]) -> String {
     deployments
@@ -1250,6 +1272,7 @@ pub async fn run(
         .webhook_cert_secret
         .clone()
         .or_else(|| env_of(webhook, "CIVIC_OPERATOR_WEBHOOK_CERT_SECRET"))
+        .or_else(|| cert_dir_secret(webhook))
         .unwrap_or_else(|| format!("{fullname}-webhook-tls"));
     let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let config = match configs.get_opt(&config_name).await {

@@ -111,6 +111,25 @@ fn operator_passes_with_both_deployments_available() {
 }
 
 #[test]
+fn the_cert_manager_secret_is_the_one_mounted_at_the_cert_dir() {
+    let d: Deployment = from(json!({
+        "metadata": {"name": "civic-mcp-webhook"},
+        "spec": {"selector": {}, "template": {"spec": {
+            "containers": [{"name": "operator",
+                "env": [{"name": "CIVIC_OPERATOR_WEBHOOK_CERT_DIR", "value": "/etc/tls"}],
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                                 {"name": "webhook-tls", "mountPath": "/etc/tls/"}]}],
+            "volumes": [{"name": "tmp", "emptyDir": {}},
+                        {"name": "webhook-tls", "secret": {"secretName": "from-cert-manager"}}]}}},
+    }));
+    assert_eq!(
+        cert_dir_secret(Some(&d)).as_deref(),
+        Some("from-cert-manager")
+    );
+    assert_eq!(cert_dir_secret(Some(&deployment("webhook", 1, 1))), None);
+}
+
+#[test]
 fn operator_fails_when_missing_unready_or_scaled_down() {
     let lines = check_operator("civic-system", &[], false);
     assert_eq!(verdicts(&lines), [Verdict::Fail, Verdict::Fail]);
