@@ -1229,7 +1229,9 @@ pub async fn run(
         .clone()
         .or_else(|| env_of(controller, "CIVIC_OPERATOR_LEASE_NAME"))
         .unwrap_or_else(|| format!("{fullname}-operator"));
+    // Outside the cluster the leader is the outside process, never one of the pods.
     let controller_pods = match controller
+        .filter(|_| !args.operator_outside)
         .and_then(|d| d.spec.as_ref())
         .and_then(|s| s.selector.match_labels.as_ref())
     {

@@ -1,9 +1,9 @@
 //! `civic-operator check` against a real kube-apiserver (1.34): the real binary with an admin
 //! kubeconfig, the operator running outside the cluster as in `webhook_apiserver.rs` (the chart's
 //! RBAC, a loopback webhook, the chart's webhook configuration pointing at it by URL). No
-//! kubelet here: pods are stored objects, and there are no chart Deployments, hence
-//! `--operator-outside`. One healthy run (exit status 0), then each problem the command must
-//! find: a pod opted in after admission (the webhook never saw it), a sidecar that is not ready,
+//! kubelet here: pods are stored objects, and the chart's Deployments are absent at first, hence
+//! `--operator-outside`; later they are created with the status a kubelet would give them. One
+//! healthy run (exit status 0), then each problem the command must find: a pod opted in after admission (the webhook never saw it), a sidecar that is not ready,
 //! an integration that is not Ready, a caBundle of the wrong CA and a stopped webhook (exit 1),
 //! and usage or connection errors (exit 2). Fails, never skips, when the kube binaries are
 //! missing: run `scripts/kube/build.sh`.
@@ -210,6 +210,78 @@ async fn check_passes_then_finds_each_problem() -> anyhow::Result<()> {
         &[
             "[FAIL] operator       no controller Deployment (label app.kubernetes.io/part-of=civic-mcp, app.kubernetes.io/component=controller) in namespace civic-system",
             "hint: install the chart",
+        ],
+    )?;
+
+    // The chart's Deployments, as a kubelet would report them, the leader one of the
+    // controller's pods: the operator namespace is found by the chart's labels, and the names
+    // come from the Deployments' environment.
+    for (component, env) in [
+        (
+            "controller",
+            json!([{"name": "CIVIC_OPERATOR_LEASE_NAME", "value": common::LEASE}]),
+        ),
+        (
+            "webhook",
+            json!([{"name": "CIVIC_OPERATOR_WEBHOOK_CONFIG_NAME", "value": WEBHOOK_CONFIG},
+                   {"name": "CIVIC_OPERATOR_WEBHOOK_CERT_SECRET", "value": common::CERT_SECRET}]),
+        ),
+    ] {
+        let labels = json!({"app.kubernetes.io/name": "civic-mcp",
+            "app.kubernetes.io/instance": "civic-mcp", "app.kubernetes.io/part-of": "civic-mcp",
+            "app.kubernetes.io/component": component});
+        let name = format!("civic-mcp-{component}");
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"replicas": 2, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": {"containers": [{"name": "operator",
+                                      "image": "ghcr.io/civic-mcp/civic-operator:test", "env": env}]}}},
+        }))?;
+        let deployments: Api<Deployment> = Api::namespaced(admin.clone(), OPERATOR_NS);
+        deployments.create(&PostParams::default(), &d).await?;
+        deployments
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"replicas": 2, "readyReplicas": 2,
+                                                 "availableReplicas": 2}})),
+            )
+            .await?;
+        if component == "controller" {
+            let leader: Pod = serde_json::from_value(json!({
+                "metadata": {"name": "civic-operator-0", "labels": labels},
+                "spec": {"containers": [{"name": "operator",
+                                         "image": "ghcr.io/civic-mcp/civic-operator:test"}]},
+            }))?;
+            Api::<Pod>::namespaced(admin.clone(), OPERATOR_NS)
+                .create(&PostParams::default(), &leader)
+                .await?;
+        }
+    }
+    let run = check(&kubeconfig, &[]).await?;
+    ensure!(run.code == Some(0), "exit status {:?}", run.code);
+    has(
+        &run.stdout,
+        &[
+            "civic-operator check (operator namespace civic-system)",
+            "[ok  ] operator       controller Deployment civic-mcp-controller: 2/2 replicas ready",
+            "[ok  ] operator       webhook Deployment civic-mcp-webhook: 2/2 replicas ready",
+            "[ok  ] leader         civic-operator-0 leads",
+            "[ok  ] webhook-tls    the caBundle of civic-mcp-civic-system verifies",
+            "All checks passed (0 warning(s)).",
+        ],
+    )?;
+    // The leader's pod gone: the Lease is held by no controller pod.
+    Api::<Pod>::namespaced(admin.clone(), OPERATOR_NS)
+        .delete("civic-operator-0", &Default::default())
+        .await?;
+    let run = check(&kubeconfig, &["--namespace", OPERATOR_NS]).await?;
+    ensure!(run.code == Some(1), "exit status {:?}", run.code);
+    has(
+        &run.stdout,
+        &[
+            "[FAIL] leader         Lease civic-system/civic-mcp-operator is held by civic-operator-0, which is not a live controller pod",
         ],
     )?;
 
