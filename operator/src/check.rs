@@ -700,10 +700,13 @@ pub enum DryRun {
 
 /// The webhook was called: the pod came back injected, or (no binding targeted) with the
 /// webhook's no-match warning.
-pub fn check_webhook_call(probe: &Probe, answer: &DryRun) -> Line {
+pub fn check_webhook_call(operator_ns: &str, probe: &Probe, answer: &DryRun) -> Line {
     let ns = &probe.namespace;
-    let hint_down = "the webhook Deployment must have ready pods and its Service endpoints; \
-                     kubectl -n <operator namespace> logs deployment/<release>-webhook";
+    let hint_down = format!(
+        "the webhook Deployment must have ready pods behind its Service: kubectl -n \
+         {operator_ns} get pods -l {COMPONENT_LABEL}=webhook; kubectl -n {operator_ns} logs \
+         deployment/<release>-webhook"
+    );
     match answer {
         DryRun::Refused { code, message } if message.contains("failed calling webhook") => {
             Line::fail(
@@ -1324,7 +1327,7 @@ pub async fn run(
     // 4.
     let probe = plan_probe(integrations.as_deref().unwrap_or_default(), wns);
     match dry_run(client, &probe).await {
-        Ok(answer) => lines.push(check_webhook_call(&probe, &answer)),
+        Ok(answer) => lines.push(check_webhook_call(&namespace, &probe, &answer)),
         Err(e) => lines.push(unreadable(
             WEBHOOK_CALL,
             "a dry-run pod creation's answer",

@@ -417,7 +417,7 @@ fn webhook_call_passes_when_injected_or_warned_about_no_match() {
         labels: BTreeMap::new(),
         binding: Some("civic/support".into()),
     };
-    let l = check_webhook_call(&targeted, &answered(true, &[]));
+    let l = check_webhook_call("civic-system", &targeted, &answered(true, &[]));
     assert!(
         l.verdict == Verdict::Pass && l.message.contains("injected"),
         "{l:?}"
@@ -427,7 +427,7 @@ fn webhook_call_passes_when_injected_or_warned_about_no_match() {
         ..targeted
     };
     let warning = "299 - \"no CivicIntegration binding in namespace team selects this pod\"";
-    let l = check_webhook_call(&untargeted, &answered(false, &[warning]));
+    let l = check_webhook_call("civic-system", &untargeted, &answered(false, &[warning]));
     assert_eq!(l.verdict, Verdict::Pass);
 }
 
@@ -438,27 +438,31 @@ fn webhook_call_fails_when_not_called_refused_or_not_injected() {
         labels: BTreeMap::new(),
         binding: Some("civic/support".into()),
     };
-    let l = check_webhook_call(&targeted, &answered(false, &[]));
+    let l = check_webhook_call("civic-system", &targeted, &answered(false, &[]));
     assert!(l.verdict == Verdict::Fail && l.message.contains("the webhook was not called"));
-    let l = check_webhook_call(&targeted, &answered(false, &["something else"]));
+    let l = check_webhook_call(
+        "civic-system",
+        &targeted,
+        &answered(false, &["something else"]),
+    );
     assert!(l.verdict == Verdict::Fail && l.message.contains("something else"));
     let down = DryRun::Refused {
         code: 500,
         message: "Internal error occurred: failed calling webhook \"inject.mcp.civic.com\": connection refused".into(),
     };
-    let l = check_webhook_call(&targeted, &down);
+    let l = check_webhook_call("civic-system", &targeted, &down);
     assert!(l.verdict == Verdict::Fail && l.message.contains("could not call the webhook"));
     let denied = DryRun::Refused {
         code: 400,
         message: "admission webhook \"inject.mcp.civic.com\" denied the request: no".into(),
     };
-    let l = check_webhook_call(&targeted, &denied);
+    let l = check_webhook_call("civic-system", &targeted, &denied);
     assert!(l.verdict == Verdict::Fail && l.message.contains("denied the request"));
     let untargeted = Probe {
         binding: None,
         ..targeted
     };
-    let l = check_webhook_call(&untargeted, &answered(false, &[]));
+    let l = check_webhook_call("civic-system", &untargeted, &answered(false, &[]));
     assert!(l.verdict == Verdict::Fail && l.message.contains("not called"));
 }
 
