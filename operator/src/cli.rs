@@ -1,7 +1,6 @@
 //! Command line: `civic-operator run` (controller and/or webhook), `civic-operator crd` (print
-//! the CRD), `civic-operator inject`, `civic-operator issuer`,
-//! `civic-operator check`. Every `run` flag also reads an
-//! environment variable, so the chart can set them either way.
+//! the CRD), `civic-operator inject`, `civic-operator issuer`, `civic-operator check`. Every `run`
+//! flag also reads an environment variable, so the chart can set them either way.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
