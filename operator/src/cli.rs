@@ -1,6 +1,6 @@
 //! Command line: `civic-operator run` (controller and/or webhook), `civic-operator crd` (print
-//! the CRD), `civic-operator inject`, `civic-operator issuer`. Every `run` flag also reads an
-//! environment variable, so the chart can set them either way.
+//! the CRD), `civic-operator inject`, `civic-operator issuer`, `civic-operator check`. Every `run`
+//! flag also reads an environment variable, so the chart can set them either way.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -46,6 +46,12 @@ pub enum Command {
     /// with your kubeconfig, and what stands in the way. Exit status 0: the issuer can work;
     /// 1: it cannot as it is; 2: the cluster could not be asked.
     Issuer(Box<crate::issuer::IssuerArgs>),
+    /// Check the installation: the CRD, the operator's Deployments and leader, the webhook's
+    /// certificates and a dry-run admission, the integrations' readiness, opted-in pods without
+    /// a sidecar and sidecars that are not ready; each failure with a hint. Exit status 0: no
+    /// failure (warnings allowed); 1: a check failed; 2: usage error or no cluster to ask.
+    /// Installed as `kubectl-civic`, it runs as `kubectl civic check`.
+    Check(Box<crate::check::CheckArgs>),
 }
 
 fn duration(s: &str) -> Result<Duration, humantime::DurationError> {

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod annotations;
 pub mod certs;
+pub mod check;
 pub mod cli;
 pub mod conditions;
 pub mod controller;

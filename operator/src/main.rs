@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         },
         Command::Inject(args) => civic_operator::inject::command::main(*args),
         Command::Issuer(args) => civic_operator::issuer::main(*args),
+        Command::Check(args) => civic_operator::check::main(*args),
         Command::Run(args) => {
             if let Err(e) = civic_operator::telemetry::init(&args.log, args.log_format) {
                 eprintln!("civic-operator: {e}");
