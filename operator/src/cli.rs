@@ -54,10 +54,6 @@ pub enum Command {
     Check(Box<crate::check::CheckArgs>),
 }
 
-fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
-    humantime::parse_duration(s)
-}
-
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Address of the admin listener (`/livez`, `/readyz`, `/metrics`).
@@ -86,19 +82,19 @@ pub struct RunArgs {
     pub lease_name: String,
 
     /// How long the lease is valid after its last renewal.
-    #[arg(long, env = "CIVIC_OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = duration)]
+    #[arg(long, env = "CIVIC_OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     pub lease_duration: Duration,
 
     /// The leader steps down when it could not renew for this long (< lease duration).
-    #[arg(long, env = "CIVIC_OPERATOR_LEASE_RENEW_DEADLINE", default_value = "10s", value_parser = duration)]
+    #[arg(long, env = "CIVIC_OPERATOR_LEASE_RENEW_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub lease_renew_deadline: Duration,
 
     /// Time between lease acquire/renew attempts (< renew deadline).
-    #[arg(long, env = "CIVIC_OPERATOR_LEASE_RETRY_PERIOD", default_value = "2s", value_parser = duration)]
+    #[arg(long, env = "CIVIC_OPERATOR_LEASE_RETRY_PERIOD", default_value = "2s", value_parser = humantime::parse_duration)]
     pub lease_retry_period: Duration,
 
     /// Healthy integrations are reconciled again after this.
-    #[arg(long, env = "CIVIC_OPERATOR_RESYNC_INTERVAL", default_value = "5m", value_parser = duration)]
+    #[arg(long, env = "CIVIC_OPERATOR_RESYNC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
 
     /// Namespaces whose Secrets the controller may read (comma-separated), as its RBAC grants
@@ -110,20 +106,20 @@ pub struct RunArgs {
 
     /// Without `--secret-namespaces`, each integration re-reads its client Secret this often to
     /// notice a rotation (one GET; no probe unless the Secret changed).
-    #[arg(long, env = "CIVIC_OPERATOR_SECRET_RECHECK_INTERVAL", default_value = "1m", value_parser = duration)]
+    #[arg(long, env = "CIVIC_OPERATOR_SECRET_RECHECK_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
     pub secret_recheck_interval: Duration,
 
     /// A credential verdict is reused this long while the client ID, token URL and Secret stay
     /// unchanged.
-    #[arg(long, env = "CIVIC_OPERATOR_PROBE_INTERVAL", default_value = "10m", value_parser = duration)]
+    #[arg(long, env = "CIVIC_OPERATOR_PROBE_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub probe_interval: Duration,
 
     /// Least time between two credential probes of one integration.
-    #[arg(long, env = "CIVIC_OPERATOR_PROBE_MIN_INTERVAL", default_value = "5s", value_parser = duration)]
+    #[arg(long, env = "CIVIC_OPERATOR_PROBE_MIN_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub probe_min_interval: Duration,
 
     /// Timeout of one credential probe (at most 15s).
-    #[arg(long, env = "CIVIC_OPERATOR_PROBE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    #[arg(long, env = "CIVIC_OPERATOR_PROBE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub probe_timeout: Duration,
 
     /// PEM bundle of extra CAs trusted for token URLs (besides the public web roots).
@@ -131,11 +127,11 @@ pub struct RunArgs {
     pub token_url_ca_file: Option<PathBuf>,
 
     /// First retry delay after a transient error; doubles per failure.
-    #[arg(long, env = "CIVIC_OPERATOR_BACKOFF_BASE", default_value = "1s", value_parser = duration)]
+    #[arg(long, env = "CIVIC_OPERATOR_BACKOFF_BASE", default_value = "1s", value_parser = humantime::parse_duration)]
     pub backoff_base: Duration,
 
     /// Longest retry delay.
-    #[arg(long, env = "CIVIC_OPERATOR_BACKOFF_MAX", default_value = "5m", value_parser = duration)]
+    #[arg(long, env = "CIVIC_OPERATOR_BACKOFF_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
     pub backoff_max: Duration,
 
     /// Run the CivicIntegration controller (leader-elected). The chart runs the controller and the
@@ -146,7 +142,7 @@ pub struct RunArgs {
 
     /// On SIGTERM the webhook reports not ready but keeps admitting for this long, while the
     /// apiservers stop sending to this replica; then it stops accepting.
-    #[arg(long, env = "CIVIC_OPERATOR_DRAIN_PERIOD", default_value = "5s", value_parser = duration)]
+    #[arg(long, env = "CIVIC_OPERATOR_DRAIN_PERIOD", default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain_period: Duration,
 
     /// Log filter (tracing `EnvFilter` syntax).

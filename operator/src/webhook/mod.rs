@@ -38,10 +38,6 @@ use crate::inject::InjectDefaults;
 use crate::inject::SidecarMode;
 use crate::inject::command::{ModeArg, SidecarArgs};
 
-fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
-    humantime::parse_duration(s)
-}
-
 /// Where the webhook's serving certificate comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum CertMode {
@@ -121,20 +117,20 @@ pub struct WebhookArgs {
     pub webhook_cert_dir: PathBuf,
 
     /// Lifetime of the self-managed CA.
-    #[arg(long, env = "CIVIC_OPERATOR_WEBHOOK_CA_VALIDITY", default_value = "5y", value_parser = duration)]
+    #[arg(long, env = "CIVIC_OPERATOR_WEBHOOK_CA_VALIDITY", default_value = "5y", value_parser = humantime::parse_duration)]
     pub webhook_ca_validity: Duration,
 
     /// Lifetime of the self-managed serving certificate (renewed with a third left).
-    #[arg(long, env = "CIVIC_OPERATOR_WEBHOOK_CERT_VALIDITY", default_value = "90d", value_parser = duration)]
+    #[arg(long, env = "CIVIC_OPERATOR_WEBHOOK_CERT_VALIDITY", default_value = "90d", value_parser = humantime::parse_duration)]
     pub webhook_cert_validity: Duration,
 
     /// How often the certificate Secret (or directory) is checked.
-    #[arg(long, env = "CIVIC_OPERATOR_WEBHOOK_CERT_CHECK_INTERVAL", default_value = "1m", value_parser = duration)]
+    #[arg(long, env = "CIVIC_OPERATOR_WEBHOOK_CERT_CHECK_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
     pub webhook_cert_check_interval: Duration,
 
     /// Longest live read of CivicIntegrations during one admission (keep it well under the
     /// webhook's timeoutSeconds).
-    #[arg(long, env = "CIVIC_OPERATOR_WEBHOOK_LOOKUP_TIMEOUT", default_value = "2s", value_parser = duration)]
+    #[arg(long, env = "CIVIC_OPERATOR_WEBHOOK_LOOKUP_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub webhook_lookup_timeout: Duration,
 
     /// How to add the sidecar: detected from the apiserver version (native from 1.29), or
