@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context as _, ensure};
 use civic_operator::crd::CivicIntegration;
 use civic_testkit::apiserver::ADMIN_USER;
-use civic_testkit::secrets::{self, CLIENT_SECRET};
+use civic_testkit::secrets::CLIENT_SECRET;
 use common::{
     CI_NAME, OPERATOR_NS, Process, TEAM, WEBHOOK_CONFIG, apply_all, create_integration,
     eventually_slowly as eventually, integration, put_secret,
@@ -31,36 +31,8 @@ use serde_json::{Value, json};
 
 const EVENTUALLY: Duration = Duration::from_secs(60);
 
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-async fn check(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<Run> {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_civic-operator"))
-        .env_clear()
-        .env("KUBECONFIG", kubeconfig)
-        .arg("check")
-        .args(args)
-        .output()
-        .await
-        .context("running civic-operator check")?;
-    let run = Run {
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout)?,
-        stderr: String::from_utf8(out.stderr)?,
-    };
-    eprintln!(
-        "civic-operator check {args:?} → {:?}\n{}{}",
-        run.code, run.stdout, run.stderr
-    );
-    let leaks = secrets::find_leaks(
-        &format!("{}{}", run.stdout, run.stderr),
-        &secrets::known_secrets(),
-    );
-    ensure!(leaks.is_empty(), "secrets in the output: {leaks:?}");
-    Ok(run)
+async fn check(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<common::CliRun> {
+    common::run_cli(kubeconfig, "check", args).await
 }
 
 fn has(out: &str, wants: &[&str]) -> anyhow::Result<()> {

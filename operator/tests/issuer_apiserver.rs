@@ -21,31 +21,8 @@ use serde_json::{Value, json};
 /// Registered with no role: may read neither discovery nor CivicIntegrations.
 const NOBODY: &str = "nobody";
 
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-async fn issuer(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<Run> {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_civic-operator"))
-        .env_clear()
-        .env("KUBECONFIG", kubeconfig)
-        .arg("issuer")
-        .args(args)
-        .output()
-        .await
-        .context("running civic-operator issuer")?;
-    let run = Run {
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout)?,
-        stderr: String::from_utf8(out.stderr)?,
-    };
-    eprintln!(
-        "civic-operator issuer {args:?} → {:?}\n{}{}",
-        run.code, run.stdout, run.stderr
-    );
-    Ok(run)
+async fn issuer(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<common::CliRun> {
+    common::run_cli(kubeconfig, "issuer", args).await
 }
 
 async fn create<K>(client: &Client, ns: &str, body: Value) -> anyhow::Result<()>

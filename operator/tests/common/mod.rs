@@ -352,6 +352,41 @@ impl Drop for Operator {
     }
 }
 
+/// One finished run of a `civic-operator` command-line subcommand.
+pub struct CliRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `civic-operator <subcommand> <args>` under `kubeconfig` alone, echoes its output into the
+/// test log, and fails if the output holds any secret the tests handed out.
+pub async fn run_cli(kubeconfig: &Path, subcommand: &str, args: &[&str]) -> anyhow::Result<CliRun> {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_civic-operator"))
+        .env_clear()
+        .env("KUBECONFIG", kubeconfig)
+        .arg(subcommand)
+        .args(args)
+        .output()
+        .await
+        .with_context(|| format!("running civic-operator {subcommand}"))?;
+    let run = CliRun {
+        code: out.status.code(),
+        stdout: String::from_utf8(out.stdout)?,
+        stderr: String::from_utf8(out.stderr)?,
+    };
+    eprintln!(
+        "civic-operator {subcommand} {args:?} → {:?}\n{}{}",
+        run.code, run.stdout, run.stderr
+    );
+    let leaks = secrets::find_leaks(
+        &format!("{}{}", run.stdout, run.stderr),
+        &secrets::known_secrets(),
+    );
+    ensure!(leaks.is_empty(), "secrets in the output: {leaks:?}");
+    Ok(run)
+}
+
 /// The operator's `/metrics` text from its admin listener.
 pub async fn metrics_text(admin: SocketAddr) -> anyhow::Result<String> {
     let r = civic_testkit::client::get(admin, "/metrics").await?;
