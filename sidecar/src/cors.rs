@@ -152,16 +152,7 @@ pub fn remove_cors_headers(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::headers::test_header_map as map;
 
     #[test]
     fn only_a_single_allowed_origin_is_echoed() {

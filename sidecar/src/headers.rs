@@ -143,6 +143,19 @@ pub fn strip_profile_params(query: &str) -> Cow<'_, str> {
     )
 }
 
+/// A header map from `(name, value)` pairs, for tests.
+#[cfg(test)]
+pub(crate) fn test_header_map(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,16 +171,7 @@ mod tests {
 
     const PROFILE: HeaderValue = HeaderValue::from_static("7c9e6679-7425-40de-944b-e07fc1f90ae7");
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use super::test_header_map as map;
 
     #[test]
     fn request_headers_statements_7_10_21_23() {
