@@ -1,18 +1,18 @@
-//! Connections to the hub. Each workload connection lazily opens one HTTP/1.1 connection to the
-//! hub and reuses it for its requests ([`UpstreamSlot`]); measured here, that beats a shared pool
-//! (docs/architecture.md §5). The hub connection is driven by the workload connection's own task
-//! ([`HubDriver`]), like nginx's one event loop: no task hand-off per request, no task per hub
-//! connection. TLS is rustls with the shared client configuration; `http://` only on loopback.
+//! Connections to the hub. [`Upstream`] knows where the hub is and how to open one connection
+//! (TCP, rustls with the shared client configuration, then HTTP/2 when ALPN or the configured
+//! protocol says so, else HTTP/1.1); [`pool::Pool`] keeps a few of them warm and shares them
+//! between all workload connections (docs/architecture.md §5). `http://` only on loopback.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+pub mod pool;
+
+use std::future::Future as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::uri::{Authority, Scheme};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -20,23 +20,49 @@ use tokio_rustls::TlsConnector;
 use url::Url;
 
 use crate::body::{BodyError, RequestBody};
+use crate::config::HubProtocol;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 
 /// Connect plus TLS handshake plus HTTP handshake must finish within this.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Largest read buffer of a hub connection (hyper's default is ~400 KiB). A large or fast
-/// response body is read in pieces of at most this much, so 50 concurrent 1 MiB responses
+/// Largest read buffer of an HTTP/1.1 hub connection (hyper's default is ~400 KiB). A large or
+/// fast response body is read in pieces of at most this much, so 50 concurrent 1 MiB responses
 /// hold a few MiB, not tens (docs/performance.md); hub response heads are far smaller.
 pub const READ_BUF_MAX: usize = 64 * 1024;
+
+/// Most streams one HTTP/2 connection carries before the pool opens another, even if the hub
+/// allows more (its SETTINGS_MAX_CONCURRENT_STREAMS, when lower, is the limit): it bounds the
+/// connection window below and what one lost connection takes down. It is the floor RFC 9113
+/// §6.5.2 recommends servers allow.
+pub const H2_MAX_STREAMS: usize = 100;
+
+/// Receive window of one HTTP/2 stream: at most this much of a response waits unread in the
+/// sidecar for a slow workload before the hub is told to pause that stream.
+pub const H2_STREAM_WINDOW: u32 = 256 * 1024;
+
+/// Receive window of one HTTP/2 connection: every stream's window at once, so streams whose
+/// workloads stopped reading can never use up the connection's window and stall the others.
+pub const H2_CONNECTION_WINDOW: u32 = H2_STREAM_WINDOW * H2_MAX_STREAMS as u32;
+
+/// HTTP/2 PING interval: keeps an idle connection (and NAT or load-balancer state on the way)
+/// warm and finds a dead one before a request does.
+pub const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+
+/// A PING unanswered this long closes the connection.
+pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where and how to connect to the hub.
 #[derive(Clone)]
 pub struct Upstream {
     host: String,
     port: u16,
+    scheme: Scheme,
+    authority: Authority,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// Prior-knowledge HTTP/2 over plain TCP.
+    h2c: bool,
     connect_timeout: Duration,
     metrics: Arc<Metrics>,
 }
@@ -47,6 +73,7 @@ impl std::fmt::Debug for Upstream {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("tls", &self.tls.is_some())
+            .field("h2c", &self.h2c)
             .finish()
     }
 }
@@ -62,11 +89,34 @@ pub enum UpstreamError {
     ServerName,
 }
 
+/// One open hub connection's request handle; the connection itself runs in its own task.
+pub(crate) enum Connected {
+    /// HTTP/1.1: one request at a time.
+    Http1(http1::SendRequest<RequestBody>),
+    /// HTTP/2: the handle is cheap to clone, each clone opens streams on the same connection;
+    /// with the streams the hub allows at once (its SETTINGS_MAX_CONCURRENT_STREAMS, kept up to
+    /// date by the connection task).
+    H2(http2::SendRequest<RequestBody>, Arc<AtomicUsize>),
+}
+
+/// The connection task of a hub connection: `on_close` runs when it ends, whatever the reason.
+pub(crate) type OnClose = Box<dyn FnOnce() + Send>;
+
 impl Upstream {
-    /// Connection settings for `hub_url`; `tls` is used (with ALPN `http/1.1`) for `https`.
+    /// Connection settings for `hub_url`: for `https`, `tls` with ALPN `h2` and `http/1.1`.
     pub fn new(
         hub_url: &Url,
         tls: &ClientConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, UpstreamError> {
+        Self::with_protocol(hub_url, tls, HubProtocol::Auto, metrics)
+    }
+
+    /// Like [`new`](Self::new), speaking `protocol`.
+    pub fn with_protocol(
+        hub_url: &Url,
+        tls: &ClientConfig,
+        protocol: HubProtocol,
         metrics: Arc<Metrics>,
     ) -> Result<Self, UpstreamError> {
         let host = match hub_url.host() {
@@ -78,9 +128,18 @@ impl Upstream {
         let port = hub_url
             .port_or_known_default()
             .ok_or(UpstreamError::NoHost)?;
-        let tls = if hub_url.scheme() == "https" {
+        let authority = Authority::try_from(crate::config::authority(hub_url).as_str())
+            .map_err(|_| UpstreamError::NoHost)?;
+        let https = hub_url.scheme() == "https";
+        let tls = if https {
+            // A clone shares the session cache (`resumption`) of the one client configuration,
+            // so a reconnect resumes the TLS session instead of a full handshake.
             let mut config = tls.clone();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            config.alpn_protocols = match protocol {
+                HubProtocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+                HubProtocol::Http1 => vec![b"http/1.1".to_vec()],
+                HubProtocol::H2 => vec![b"h2".to_vec()],
+            };
             let name = ServerName::try_from(host.clone()).map_err(|_| UpstreamError::ServerName)?;
             Some((TlsConnector::from(Arc::new(config)), name))
         } else {
@@ -89,15 +148,18 @@ impl Upstream {
         Ok(Self {
             host,
             port,
+            scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
+            authority,
             tls,
+            h2c: !https && protocol == HubProtocol::H2,
             connect_timeout: CONNECT_TIMEOUT,
             metrics,
         })
     }
 
-    /// Opens a connection; it makes progress only while its future is polled ([`HubDriver`]).
-    async fn connect(&self) -> Result<(SendRequest<RequestBody>, BoxedConnection), ProxyError> {
-        let result = tokio::time::timeout(self.connect_timeout, self.handshake()).await;
+    /// Opens a connection and spawns its task; `on_close` runs when that task ends.
+    pub(crate) async fn connect(&self, on_close: OnClose) -> Result<Connected, ProxyError> {
+        let result = tokio::time::timeout(self.connect_timeout, self.handshake(on_close)).await;
         let label = match &result {
             Ok(Ok(_)) => "ok",
             Ok(Err(_)) => "error",
@@ -108,7 +170,7 @@ impl Upstream {
             .with_label_values(&[label])
             .inc();
         match result {
-            Ok(Ok(pair)) => Ok(pair),
+            Ok(Ok(connected)) => Ok(connected),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot connect to the hub");
                 Err(e)
@@ -120,38 +182,120 @@ impl Upstream {
         }
     }
 
-    async fn handshake(&self) -> Result<(SendRequest<RequestBody>, BoxedConnection), ProxyError> {
+    async fn handshake(&self, on_close: OnClose) -> Result<Connected, ProxyError> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| ProxyError::UpstreamConnect(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
-        let mut builder = http1::Builder::new();
-        builder.max_buf_size(READ_BUF_MAX);
         match &self.tls {
-            None => {
-                let (sender, conn) = builder
-                    .handshake(TokioIo::new(tcp))
-                    .await
-                    .map_err(|e| ProxyError::UpstreamConnect(e.to_string()))?;
-                Ok((sender, Box::pin(conn)))
-            }
+            None => self.http(TokioIo::new(tcp), self.h2c, on_close).await,
             Some((connector, name)) => {
                 let tls = connector
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(|e| ProxyError::UpstreamConnect(format!("TLS: {e}")))?;
-                let (sender, conn) = builder
-                    .handshake(TokioIo::new(tls))
-                    .await
-                    .map_err(|e| ProxyError::UpstreamConnect(e.to_string()))?;
-                Ok((sender, Box::pin(conn)))
+                let (_, session) = tls.get_ref();
+                let h2 = session.alpn_protocol() == Some(b"h2");
+                tracing::debug!(
+                    h2,
+                    resumed = matches!(
+                        session.handshake_kind(),
+                        Some(rustls::HandshakeKind::Resumed)
+                    ),
+                    "hub TLS handshake done"
+                );
+                self.http(TokioIo::new(tls), h2, on_close).await
             }
+        }
+    }
+
+    async fn http<I>(&self, io: I, h2: bool, on_close: OnClose) -> Result<Connected, ProxyError>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let failed = |e: hyper::Error| ProxyError::UpstreamConnect(e.to_string());
+        if h2 {
+            let (sender, mut conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW)
+                .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
+                .handshake(io)
+                .await
+                .map_err(failed)?;
+            let limit = Arc::new(AtomicUsize::new(H2_MAX_STREAMS));
+            let seen = limit.clone();
+            let gauge = self.metrics.hub_connections.with_label_values(&["h2"]);
+            gauge.inc();
+            tokio::spawn(async move {
+                let result = std::future::poll_fn(|cx| {
+                    let polled = std::pin::Pin::new(&mut conn).poll(cx);
+                    // The hub may change its limit with any SETTINGS frame.
+                    let allowed = conn.current_max_send_streams().min(H2_MAX_STREAMS);
+                    seen.store(allowed.max(1), Ordering::Relaxed);
+                    polled
+                })
+                .await;
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "HTTP/2 hub connection ended with an error");
+                }
+                gauge.dec();
+                on_close();
+            });
+            Ok(Connected::H2(sender, limit))
+        } else {
+            let mut builder = http1::Builder::new();
+            builder.max_buf_size(READ_BUF_MAX);
+            let (sender, conn) = builder.handshake(io).await.map_err(failed)?;
+            let gauge = self.metrics.hub_connections.with_label_values(&["http1"]);
+            gauge.inc();
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "HTTP/1.1 hub connection ended with an error");
+                }
+                gauge.dec();
+                on_close();
+            });
+            Ok(Connected::Http1(sender))
+        }
+    }
+
+    /// Turns an origin-form request into what HTTP/2 sends: `:scheme` and `:authority` from the
+    /// hub URL, and no `Host` (RFC 9113 §8.3.1).
+    pub(crate) fn to_h2(&self, request: &mut http::Request<RequestBody>) {
+        let mut parts = std::mem::take(request.uri_mut()).into_parts();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+        *request.version_mut() = http::Version::HTTP_2;
+        request.headers_mut().remove(http::header::HOST);
+    }
+
+    /// The reverse of [`to_h2`](Self::to_h2), for a request retried on an HTTP/1.1 connection.
+    pub(crate) fn to_http1(&self, request: &mut http::Request<RequestBody>) {
+        if request.version() != http::Version::HTTP_2 {
+            return;
+        }
+        let origin = request
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+        if let Ok(uri) = http::Uri::try_from(origin) {
+            *request.uri_mut() = uri;
+        }
+        *request.version_mut() = http::Version::HTTP_11;
+        if let Ok(host) = http::HeaderValue::from_str(self.authority.as_str()) {
+            request.headers_mut().insert(http::header::HOST, host);
         }
     }
 }
 
 /// A failed exchange with the hub; a request body over the limit is the workload's fault (413).
-fn upstream_error(error: hyper::Error) -> ProxyError {
+pub(crate) fn upstream_error(error: hyper::Error) -> ProxyError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
     while let Some(e) = source {
         if let Some(BodyError::TooLarge(limit)) = e.downcast_ref::<BodyError>() {
@@ -160,211 +304,4 @@ fn upstream_error(error: hyper::Error) -> ProxyError {
         source = e.source();
     }
     ProxyError::Upstream(error.to_string())
-}
-
-type BoxedConnection = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
-
-/// Drives one workload connection's hub connection from the workload connection's task: that
-/// task polls [`HubDriver::drive`] around its own HTTP server future, and the request path
-/// installs each newly opened hub connection here. Dropping the driver (the workload connection
-/// ended) or replacing its connection closes the hub connection at once.
-#[derive(Default)]
-pub struct HubDriver {
-    state: Mutex<DriverState>,
-}
-
-#[derive(Default)]
-struct DriverState {
-    connection: Option<BoxedConnection>,
-    /// The driving task, woken when a connection is installed.
-    waker: Option<Waker>,
-}
-
-impl std::fmt::Debug for HubDriver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HubDriver")
-            .field("connected", &self.lock().connection.is_some())
-            .finish()
-    }
-}
-
-impl HubDriver {
-    /// Runs `workload` (the workload connection's server future) to completion while polling the
-    /// hub connection in the same task, before it on every wake-up so that a response or body
-    /// chunk read from the hub is relayed in the same pass.
-    pub async fn drive<F: Future + Unpin>(&self, mut workload: F) -> F::Output {
-        std::future::poll_fn(|cx| {
-            self.poll_connection(cx);
-            Pin::new(&mut workload).poll(cx)
-        })
-        .await
-    }
-
-    /// Never holds the lock across anything but this poll: the request path (which installs)
-    /// runs inside the workload future, after this returns.
-    fn poll_connection(&self, cx: &mut Context<'_>) {
-        let mut state = self.lock();
-        if !state
-            .waker
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            state.waker = Some(cx.waker().clone());
-        }
-        if let Some(connection) = state.connection.as_mut()
-            && let Poll::Ready(result) = connection.as_mut().poll(cx)
-        {
-            state.connection = None;
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "hub connection ended with an error");
-            }
-        }
-    }
-
-    fn install(&self, connection: Option<BoxedConnection>) {
-        let mut state = self.lock();
-        // The old connection (if any) is dropped here, closing its socket.
-        state.connection = connection;
-        if let Some(waker) = state.waker.as_ref() {
-            waker.wake_by_ref();
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, DriverState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// One workload connection's hub connection, opened on first use and reopened when it closes;
-/// it is driven by the [`HubDriver`] passed to [`send`](Self::send).
-#[derive(Debug, Default)]
-pub struct UpstreamSlot {
-    sender: Option<SendRequest<RequestBody>>,
-}
-
-impl UpstreamSlot {
-    /// Sends `request` on this slot's connection, connecting first if needed. A request the
-    /// old connection closed before sending is retried once on a new connection.
-    pub async fn send(
-        &mut self,
-        upstream: &Upstream,
-        driver: &HubDriver,
-        mut request: http::Request<RequestBody>,
-    ) -> Result<http::Response<Incoming>, ProxyError> {
-        loop {
-            let reused = self.ready(driver).await;
-            if !reused {
-                // Boxed: the connect future (TLS handshake state) is large and rarely live;
-                // inline it would grow every workload connection's in-flight request.
-                let (sender, connection) = Box::pin(upstream.connect()).await?;
-                driver.install(Some(connection));
-                self.sender = Some(sender);
-            }
-            let sender = self.sender.as_mut().expect("connected above");
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(response),
-                Err(mut e) => {
-                    self.close(driver);
-                    match e.take_message() {
-                        // Never written: the kept-alive connection was already gone.
-                        Some(unsent) if reused => {
-                            tracing::debug!(
-                                "hub connection closed before the request was sent; reconnecting"
-                            );
-                            request = unsent;
-                        }
-                        _ => return Err(upstream_error(e.into_error())),
-                    }
-                }
-            }
-        }
-    }
-
-    /// Whether the current connection can take a request (waits for the previous response body).
-    async fn ready(&mut self, driver: &HubDriver) -> bool {
-        let Some(sender) = self.sender.as_mut() else {
-            return false;
-        };
-        if sender.is_closed() || sender.ready().await.is_err() {
-            self.close(driver);
-            return false;
-        }
-        true
-    }
-
-    fn close(&mut self, driver: &HubDriver) {
-        self.sender = None;
-        driver.install(None);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    /// Sets its flag when dropped: stands in for a hub connection's socket.
-    struct DropFlag(Arc<AtomicBool>);
-
-    impl Drop for DropFlag {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
-
-    #[tokio::test]
-    async fn an_installed_connection_runs_in_the_workload_task() {
-        let driver = HubDriver::default();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let done = Arc::new(AtomicBool::new(false));
-        let finished = done.clone();
-        // The "hub connection" finishes once the workload side signals it, which it can only
-        // observe if the driver keeps polling it while the workload future waits.
-        let workload = Box::pin(async {
-            driver.install(Some(Box::pin(async move {
-                let _ = rx.await;
-                finished.store(true, Ordering::SeqCst);
-                Ok(())
-            })));
-            let _ = tx.send(());
-            while !done.load(Ordering::SeqCst) {
-                tokio::task::yield_now().await;
-            }
-        });
-        tokio::time::timeout(Duration::from_secs(5), driver.drive(workload))
-            .await
-            .expect("the hub connection made progress inside drive");
-        assert!(
-            driver.lock().connection.is_none(),
-            "a finished connection is dropped"
-        );
-    }
-
-    #[tokio::test]
-    async fn replacing_or_dropping_the_driver_closes_the_connection_at_once() {
-        let driver = HubDriver::default();
-        let first = Arc::new(AtomicBool::new(false));
-        let guard = DropFlag(first.clone());
-        driver.install(Some(Box::pin(async move {
-            let _guard = guard;
-            std::future::pending::<hyper::Result<()>>().await
-        })));
-        driver.install(None);
-        assert!(
-            first.load(Ordering::SeqCst),
-            "replaced: the old connection is gone"
-        );
-
-        let second = Arc::new(AtomicBool::new(false));
-        let guard = DropFlag(second.clone());
-        driver.install(Some(Box::pin(async move {
-            let _guard = guard;
-            std::future::pending::<hyper::Result<()>>().await
-        })));
-        drop(driver);
-        assert!(
-            second.load(Ordering::SeqCst),
-            "dropped with its workload connection"
-        );
-    }
 }
