@@ -288,3 +288,203 @@ async fn reconnect_resumes_the_tls_session() {
         env.finish();
     }
 }
+
+/// A TCP relay that holds every chunk `one_way` in each direction: a hub twice that far away.
+struct DelayRelay {
+    addr: std::net::SocketAddr,
+    target: std::sync::Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
+}
+
+impl DelayRelay {
+    async fn start(one_way: Duration) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let target = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let t = target.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Some(to) = *t.lock().unwrap() else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let Ok(upstream) = tokio::net::TcpStream::connect(to).await else {
+                        return;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = upstream.set_nodelay(true);
+                    let (cr, cw) = client.into_split();
+                    let (ur, uw) = upstream.into_split();
+                    tokio::join!(
+                        Self::delayed(cr, uw, one_way),
+                        Self::delayed(ur, cw, one_way)
+                    );
+                });
+            }
+        });
+        Self { addr, target }
+    }
+
+    /// Copies `from` to `to`, each chunk `delay` after it was read, in order.
+    async fn delayed(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        delay: Duration,
+    ) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+        let reader = async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = from.read(&mut buf).await {
+                if n == 0
+                    || tx
+                        .send((Instant::now() + delay, buf[..n].to_vec()))
+                        .is_err()
+                {
+                    break;
+                }
+            }
+        };
+        let writer = async move {
+            while let Some((at, data)) = rx.recv().await {
+                tokio::time::sleep_until(at.into()).await;
+                if to.write_all(&data).await.is_err() {
+                    break;
+                }
+            }
+            let _ = to.shutdown().await;
+        };
+        tokio::join!(reader, writer);
+    }
+}
+
+fn median_ms(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64() * 1000.0
+}
+
+/// A client calling the hub directly over TLS, as the workload would without the sidecar.
+async fn direct_call(
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    port: u16,
+) {
+    let req = http::Request::post(format!("https://localhost:{port}/hub/mcp"))
+        .header("authorization", "Bearer direct")
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body(1))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap();
+}
+
+async fn direct_h2(
+    ca: &civic_testkit::TestCa,
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>> {
+    let mut config = (*ca.client_config().unwrap()).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// Per-call latency against a hub 40 ms away (a userspace relay adds 20 ms each way): direct
+/// over HTTP/2 (new connection per call, and one long-lived connection) against the sidecar
+/// (new workload connection per call, as the official Python client does, and one kept-alive
+/// workload connection). Prints the medians; run with `--ignored --nocapture`. Set
+/// `CIVIC_SIDECAR_BIN` to compare another build, `CIVIC_TEST_HUB_DELAY_MS` for another one-way
+/// delay (0: the relay's own cost only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check: about 30 s"]
+async fn latency_to_a_hub_40ms_away() {
+    const N: usize = 25;
+    let one_way = Duration::from_millis(
+        std::env::var("CIVIC_TEST_HUB_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20),
+    );
+    for protocol in [HubProtocol::H2, HubProtocol::Http1] {
+        let relay = DelayRelay::start(one_way).await;
+        let env = Setup::new("latency_to_a_hub_40ms_away")
+            .hub_protocol(protocol)
+            .tls()
+            .hub_url(format!("https://localhost:{}/hub/mcp", relay.addr.port()))
+            .start_with(|_, hub| {
+                *relay.target.lock().unwrap() = Some(hub.addr());
+                hub.set_validator(|_| true);
+            })
+            .await
+            .unwrap();
+        let ca = env.ca.as_ref().unwrap();
+        let port = relay.addr.port();
+        let mut figures = Vec::new();
+        // Connections the direct client opens (the fake hub counts them too).
+        let direct = if protocol == HubProtocol::H2 {
+            N + 1
+        } else {
+            0
+        };
+        if protocol == HubProtocol::H2 {
+            let mut new_conn = Vec::new();
+            for _ in 0..N {
+                let t = Instant::now();
+                let mut sender = direct_h2(ca, relay.addr).await;
+                direct_call(&mut sender, port).await;
+                new_conn.push(t.elapsed());
+            }
+            figures.push(("direct h2, new connection per call", median_ms(new_conn)));
+            let mut sender = direct_h2(ca, relay.addr).await;
+            let mut kept = Vec::new();
+            for _ in 0..N {
+                let t = Instant::now();
+                direct_call(&mut sender, port).await;
+                kept.push(t.elapsed());
+            }
+            figures.push(("direct h2, one long-lived connection", median_ms(kept)));
+        }
+        // Warm-up: the pool's first connection.
+        assert_eq!(env.call(0).await.unwrap().status, 200);
+        let mut per_call = Vec::new();
+        for id in 0..N as u64 {
+            let t = Instant::now();
+            assert_eq!(env.call(id).await.unwrap().status, 200);
+            per_call.push(t.elapsed());
+        }
+        figures.push((
+            "sidecar, new workload connection per call",
+            median_ms(per_call),
+        ));
+        let mut conn = client::KeepAlive::connect(env.addr()).await.unwrap();
+        let mut kept = Vec::new();
+        for id in 0..N as u64 {
+            let t = Instant::now();
+            assert_eq!(conn.call(id).await.unwrap().0, 200);
+            kept.push(t.elapsed());
+        }
+        figures.push((
+            "sidecar, one kept-alive workload connection",
+            median_ms(kept),
+        ));
+        for (what, ms) in figures {
+            eprintln!("LATENCY hub={protocol:?} {what}: median {ms:.1} ms");
+        }
+        eprintln!(
+            "LATENCY hub={protocol:?} hub connections opened by the sidecar: {}",
+            env.hub.connections() - direct
+        );
+        env.finish();
+    }
+}
