@@ -497,3 +497,29 @@ async fn maintain(inner: Arc<Inner>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_limit_stays_below_the_hub_idle_timeout() {
+        let mut state = State::default();
+        assert_eq!(state.idle_limit(), IDLE_TIMEOUT);
+        state.hub_idle = Some(Duration::from_secs(60));
+        assert_eq!(state.idle_limit(), IDLE_TIMEOUT, "never above the default");
+        state.hub_idle = Some(Duration::from_secs(8));
+        assert_eq!(state.idle_limit(), Duration::from_secs(6));
+    }
+
+    #[test]
+    fn a_failed_connect_is_reported_to_its_waiters_as_the_same_error() {
+        let timeout = Failure::of(&ProxyError::UpstreamConnectTimeout);
+        assert!(matches!(
+            timeout.error(),
+            ProxyError::UpstreamConnectTimeout
+        ));
+        let refused = Failure::of(&ProxyError::UpstreamConnect("refused".into()));
+        assert_eq!(refused.error().status(), http::StatusCode::BAD_GATEWAY);
+    }
+}
