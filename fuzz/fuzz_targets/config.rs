@@ -13,7 +13,7 @@ use civic_sidecar::contract as c;
 use libfuzzer_sys::fuzz_target;
 
 /// Settings whose values come from the input, in the order input lines fill them.
-const FUZZED: [&str; 20] = [
+const FUZZED: [&str; 21] = [
     c::ENV_LISTEN_ADDR,
     c::ENV_ADMIN_ADDR,
     c::ENV_HUB_URL,
@@ -34,6 +34,7 @@ const FUZZED: [&str; 20] = [
     c::ENV_WORKER_THREADS,
     c::ENV_LOG,
     c::ENV_LOG_FORMAT,
+    c::ENV_HUB_PROTOCOL,
 ];
 
 /// A directory with a client secret, a subject token and a static token file.

@@ -13,6 +13,7 @@ use pin_project_lite::pin_project;
 
 use crate::halfclose::EofGate;
 use crate::metrics::Metrics;
+use crate::upstream::pool::Lease;
 
 /// Errors while relaying a body.
 #[derive(Debug, thiserror::Error)]
@@ -148,17 +149,28 @@ impl Body for RequestBody {
     }
 }
 
-/// Keeps `civic_sidecar_open_streams` counting a hub response until its body is done or dropped.
+/// Keeps `civic_sidecar_open_streams` counting a hub response until its body is done or
+/// dropped, and holds its share of the hub connection until then.
 #[derive(Debug)]
 pub struct StreamGuard {
     metrics: Arc<Metrics>,
+    _lease: Option<Lease>,
 }
 
 impl StreamGuard {
     /// Counts one more open stream.
     pub fn new(metrics: Arc<Metrics>) -> Self {
         metrics.open_streams.inc();
-        Self { metrics }
+        Self {
+            metrics,
+            _lease: None,
+        }
+    }
+
+    /// Gives `lease` back to the pool when the body ends or is dropped.
+    pub fn with_lease(mut self, lease: Lease) -> Self {
+        self._lease = Some(lease);
+        self
     }
 }
 

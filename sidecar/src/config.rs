@@ -132,6 +132,11 @@ struct Cli {
           value_parser = Trimmed(clap::builder::EnumValueParser::<LogFormat>::new()),
           ignore_case = true, hide_possible_values = true)]
     log_format: Option<LogFormat>,
+    /// HTTP version towards the hub: auto, http1 or h2.
+    #[arg(long, env = ENV_HUB_PROTOCOL, default_value = DEFAULT_HUB_PROTOCOL, value_name = "PROTOCOL",
+          value_parser = Trimmed(clap::builder::EnumValueParser::<HubProtocol>::new()),
+          ignore_case = true, hide_possible_values = true)]
+    hub_protocol: HubProtocol,
 }
 
 /// How the sidecar gets the token it sends to the hub.
@@ -176,6 +181,18 @@ pub struct CredentialsConfig {
     pub client_id: String,
     /// File holding the client secret (re-read when it changes).
     pub secret_file: PathBuf,
+}
+
+/// The HTTP version spoken to the hub.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum HubProtocol {
+    /// `https`: HTTP/2 when the hub's ALPN offers `h2`, else HTTP/1.1; `http`: HTTP/1.1.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only: ALPN `h2` for `https`, prior knowledge (h2c) for a loopback `http` hub.
+    H2,
 }
 
 /// Log output format.
@@ -244,6 +261,8 @@ pub struct Config {
     pub log_filter: String,
     /// Log output format as set; `None` leaves it to [`LogFormat::choose`].
     pub log_format: Option<LogFormat>,
+    /// HTTP version towards the hub.
+    pub hub_protocol: HubProtocol,
 }
 
 /// Why the configuration was not accepted (or help was asked for).
@@ -458,6 +477,7 @@ impl Config {
             worker_threads: cli.worker_threads,
             log_filter: cli.log,
             log_format: cli.log_format,
+            hub_protocol: cli.hub_protocol,
         })
     }
 
@@ -1103,7 +1123,7 @@ mod tests {
     }
 
     /// Every variable of the operator ↔ sidecar contract the sidecar reads.
-    const CONTRACT_VARS: [&str; 25] = [
+    const CONTRACT_VARS: [&str; 26] = [
         ENV_LISTEN_ADDR,
         ENV_ADMIN_ADDR,
         ENV_HUB_URL,
@@ -1129,6 +1149,7 @@ mod tests {
         ENV_WORKER_THREADS,
         ENV_LOG,
         ENV_LOG_FORMAT,
+        ENV_HUB_PROTOCOL,
     ];
 
     #[test]

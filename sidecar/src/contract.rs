@@ -54,6 +54,8 @@ pub const ENV_EXCHANGE_TIMEOUT_SECONDS: &str = "CIVIC_EXCHANGE_TIMEOUT_SECONDS";
 pub const ENV_MAX_CACHED_SUBJECTS: &str = "CIVIC_MAX_CACHED_SUBJECTS";
 /// Runtime worker threads; 1 runs everything on one thread.
 pub const ENV_WORKER_THREADS: &str = "CIVIC_WORKER_THREADS";
+/// HTTP version towards the hub: `auto` (ALPN for `https`), `http1` or `h2` (optional).
+pub const ENV_HUB_PROTOCOL: &str = "CIVIC_HUB_PROTOCOL";
 
 /// Port of the proxy listener.
 pub const PROXY_PORT: u16 = 8931;
@@ -71,6 +73,8 @@ pub const DEFAULT_TOKEN_URL: &str = "https://auth.civic.com/oauth/token";
 pub const DEFAULT_SUBJECT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// Default of [`ENV_PROFILE_HEADER`].
 pub const DEFAULT_PROFILE_HEADER: &str = "x-civic-profile-id";
+/// Default of [`ENV_HUB_PROTOCOL`].
+pub const DEFAULT_HUB_PROTOCOL: &str = "auto";
 /// Default of [`ENV_LOG`].
 pub const DEFAULT_LOG: &str = "info";
 /// Default of [`ENV_LOG_FORMAT`] when stderr is not a terminal (a pod, a file, a pipe).

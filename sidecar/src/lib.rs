@@ -41,9 +41,9 @@
 //! [`server::Server::run`]. Inside: [`token::TokenSource`] gives each request its token (static
 //! file, or exchanged through the [`cache::TokenCache`] for a subject from a [`subject`] file or
 //! header); [`proxy::Proxy`] checks and rewrites requests ([`guard`], [`headers`]) and relays
-//! them over one [`upstream`] connection per workload connection, answering CORS for browser
-//! pages on allowed origins ([`cors`]); [`admin`] serves `/livez`,
-//! `/readyz` and `/metrics` ([`metrics`]).
+//! them over the hub connection pool all workload connections share ([`upstream::pool`]),
+//! answering CORS for browser pages on allowed origins ([`cors`]); [`admin`] serves
+//! `/livez`, `/readyz` and `/metrics` ([`metrics`]).
 #![warn(missing_docs)]
 
 pub mod admin;

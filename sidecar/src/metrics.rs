@@ -7,6 +7,9 @@
 //! | `civic_sidecar_requests_total` | counter | `code`, `profile` | Workload requests answered, by HTTP status |
 //! | `civic_sidecar_upstream_request_duration_seconds` | histogram | | Hub response time (to headers) |
 //! | `civic_sidecar_upstream_connections_total` | counter | `result` | Upstream connections opened |
+//! | `civic_sidecar_hub_connections` | gauge | `protocol` | Hub connections open, by protocol (`h2`, `http1`) |
+//! | `civic_sidecar_hub_requests_waiting` | gauge | | Requests waiting for a hub connection to open |
+//! | `civic_sidecar_hub_streams_per_connection` | histogram | | Requests in flight on the hub connection a request was sent on, itself included (always 1 on HTTP/1.1) |
 //! | `civic_sidecar_exchanges_total` | counter | `result`, `profile` | Token exchanges: `ok` or an error category |
 //! | `civic_sidecar_exchange_duration_seconds` | histogram | | Token-exchange call duration |
 //! | `civic_sidecar_token_cache_hits_total` | counter | | Requests served from a cached token |
@@ -33,6 +36,12 @@ pub struct Metrics {
     pub upstream_duration: Histogram,
     /// `civic_sidecar_upstream_connections_total{result}`.
     pub upstream_connections: IntCounterVec,
+    /// `civic_sidecar_hub_connections{protocol}`.
+    pub hub_connections: IntGaugeVec,
+    /// `civic_sidecar_hub_requests_waiting`.
+    pub hub_requests_waiting: IntGauge,
+    /// `civic_sidecar_hub_streams_per_connection`.
+    pub hub_streams_per_connection: Histogram,
     /// `civic_sidecar_exchanges_total{result,profile}`.
     pub exchanges: IntCounterVec,
     /// `civic_sidecar_exchange_duration_seconds`.
@@ -140,6 +149,30 @@ impl Metrics {
             "Requests whose workload went away before their answer was ready.",
         )
         .expect("valid metric");
+        let hub_connections = IntGaugeVec::new(
+            Opts::new(
+                "civic_sidecar_hub_connections",
+                "Hub connections open, by protocol (h2 or http1).",
+            ),
+            &["protocol"],
+        )
+        .expect("valid metric");
+        for protocol in ["h2", "http1"] {
+            hub_connections.with_label_values(&[protocol]).set(0);
+        }
+        let hub_requests_waiting = IntGauge::new(
+            "civic_sidecar_hub_requests_waiting",
+            "Requests waiting for a hub connection to open.",
+        )
+        .expect("valid metric");
+        let hub_streams_per_connection = Histogram::with_opts(
+            HistogramOpts::new(
+                "civic_sidecar_hub_streams_per_connection",
+                "Requests in flight on the hub connection a request was sent on, itself included.",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 100.0]),
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("civic_sidecar_build_info", "Build information; always 1."),
             &["version"],
@@ -153,6 +186,9 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(upstream_duration.clone()),
             Box::new(upstream_connections.clone()),
+            Box::new(hub_connections.clone()),
+            Box::new(hub_requests_waiting.clone()),
+            Box::new(hub_streams_per_connection.clone()),
             Box::new(exchanges.clone()),
             Box::new(exchange_duration.clone()),
             Box::new(cache_hits.clone()),
@@ -170,6 +206,9 @@ impl Metrics {
             requests,
             upstream_duration,
             upstream_connections,
+            hub_connections,
+            hub_requests_waiting,
+            hub_streams_per_connection,
             exchanges,
             exchange_duration,
             cache_hits,
@@ -234,6 +273,10 @@ mod tests {
             "civic_sidecar_open_streams 0",
             "civic_sidecar_requests_abandoned_total 0",
             "civic_sidecar_cached_tokens 0",
+            "civic_sidecar_hub_connections{protocol=\"h2\"} 0",
+            "civic_sidecar_hub_connections{protocol=\"http1\"} 0",
+            "civic_sidecar_hub_requests_waiting 0",
+            "civic_sidecar_hub_streams_per_connection_bucket",
             "civic_sidecar_token_expiry_seconds 42",
             "civic_sidecar_build_info{version=",
         ] {

@@ -21,7 +21,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::sync::Mutex;
 
 use crate::body::{BodyError, RequestBody, ResponseBody, StreamGuard};
 use crate::config::{Config, SubjectMode};
@@ -34,7 +33,8 @@ use crate::headers::{RequestRewrite, rewrite_response, strip_profile_params};
 use crate::metrics::Metrics;
 use crate::profiles::{RouteId, Unrouted};
 use crate::token::{Token, TokenSource};
-use crate::upstream::{HubDriver, Upstream, UpstreamSlot};
+use crate::upstream::Upstream;
+use crate::upstream::pool::{Lease, Pool};
 
 /// Bodies up to this size are buffered whole, so a request can be replayed after a 401.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
@@ -42,7 +42,7 @@ pub const REPLAY_LIMIT: usize = 64 * 1024;
 /// The proxy's shared, immutable state.
 pub struct Proxy<E> {
     tokens: Arc<TokenSource<E>>,
-    upstream: Upstream,
+    pool: Pool,
     rewrite: RequestRewrite,
     hub_path: String,
     hub_uri: Uri,
@@ -55,18 +55,16 @@ pub struct Proxy<E> {
 impl<E> std::fmt::Debug for Proxy<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Proxy")
-            .field("upstream", &self.upstream)
+            .field("pool", &self.pool)
             .field("hub_path", &self.hub_path)
             .finish()
     }
 }
 
-/// State of one workload connection: its hub connection, the last `User-Agent` rewrite, and
-/// the answers owed to a workload that may half-close ([`crate::halfclose`]).
+/// State of one workload connection: the last `User-Agent` rewrite, and the answers owed to a
+/// workload that may half-close ([`crate::halfclose`]).
 #[derive(Debug, Default)]
 struct Connection {
-    slot: Mutex<UpstreamSlot>,
-    hub: HubDriver,
     user_agents: std::sync::Mutex<Option<(HeaderValue, HeaderValue)>>,
     gate: Arc<EofGate>,
 }
@@ -85,7 +83,7 @@ impl<E: Exchange> Proxy<E> {
         };
         Self {
             tokens,
-            upstream,
+            pool: Pool::new(upstream, metrics.clone()),
             rewrite: RequestRewrite {
                 authority: HeaderValue::from_str(&config.hub_authority())
                     .expect("a URL authority is a header value"),
@@ -102,11 +100,17 @@ impl<E: Exchange> Proxy<E> {
         }
     }
 
-    /// Serves one workload connection (HTTP/1.1 over `io`) until it closes: every request through
-    /// the proxy, and the connection's own hub connection polled in the same task — the only
-    /// place it makes progress, which is why this is the one way in. Once `stop` completes, the
-    /// request in flight (and its stream) finishes, then the connection closes. A workload that
-    /// half-closes after its request still gets the answer ([`crate::halfclose`]).
+    /// Starts the hub connection pool's maintainer (connects ahead of the first request and
+    /// keeps a connection warm); abort the handle to stop it. Without it the pool connects on
+    /// demand.
+    pub fn start_pool(&self) -> tokio::task::JoinHandle<()> {
+        self.pool.start()
+    }
+
+    /// Serves one workload connection (HTTP/1.1 over `io`) until it closes; requests go to the
+    /// hub over the shared pool. Once `stop` completes, the request in flight (and its stream)
+    /// finishes, then the connection closes. A workload that half-closes after its request
+    /// still gets the answer ([`crate::halfclose`]).
     pub async fn serve_connection<I>(
         self: Arc<Self>,
         io: I,
@@ -130,10 +134,10 @@ impl<E: Exchange> Proxy<E> {
         let conn = http1::Builder::new().serve_connection(io, service);
         tokio::pin!(conn);
         tokio::select! {
-            result = connection.hub.drive(conn.as_mut()) => result,
+            result = conn.as_mut() => result,
             () = stop => {
                 conn.as_mut().graceful_shutdown();
-                connection.hub.drive(conn.as_mut()).await
+                conn.await
             }
         }
     }
@@ -250,18 +254,15 @@ impl<E: Exchange> Proxy<E> {
         };
         RequestRewrite::set_bearer(&mut parts.headers, &token.bearer);
 
-        let mut response = match self
-            .send(connection, Request::from_parts(parts, body))
-            .await
-        {
+        let mut response = match self.send(Request::from_parts(parts, body)).await {
             Err(_) if exceeded.is_some_and(|e| e.load(Ordering::Relaxed)) => {
                 return Err(ProxyError::BodyTooLarge(self.max_body_bytes));
             }
             other => other?,
         };
-        if response.status() == StatusCode::UNAUTHORIZED {
+        if response.0.status() == StatusCode::UNAUTHORIZED {
             // Boxed: rare, and inline it would double the size of every request's future.
-            response = Box::pin(self.after_unauthorized(connection, &token, replay)).await?;
+            response = Box::pin(self.after_unauthorized(&token, replay)).await?;
         }
         Ok(self.relay(response))
     }
@@ -270,10 +271,9 @@ impl<E: Exchange> Proxy<E> {
     /// (or a request that cannot be replayed) becomes 502 without the hub's challenge.
     async fn after_unauthorized(
         &self,
-        connection: &Connection,
         rejected: &Token,
         replay: Option<Replay>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
         if !rejected.renewable() {
             return Err(ProxyError::UpstreamRejectedToken("static access"));
         }
@@ -290,8 +290,8 @@ impl<E: Exchange> Proxy<E> {
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = replay.headers;
         RequestRewrite::set_bearer(request.headers_mut(), &fresh.bearer);
-        let response = self.send(connection, request).await?;
-        if response.status() == StatusCode::UNAUTHORIZED {
+        let response = self.send(request).await?;
+        if response.0.status() == StatusCode::UNAUTHORIZED {
             self.tokens.reject(&fresh);
             return Err(ProxyError::UpstreamRejectedToken("exchanged"));
         }
@@ -300,26 +300,27 @@ impl<E: Exchange> Proxy<E> {
 
     async fn send(
         &self,
-        connection: &Connection,
         request: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
         let started = Instant::now();
-        let mut slot = connection.slot.lock().await;
-        let response = slot.send(&self.upstream, &connection.hub, request).await;
+        let response = self.pool.send(request).await;
         self.metrics
             .upstream_duration
             .observe(started.elapsed().as_secs_f64());
         response
     }
 
-    fn relay(&self, response: Response<Incoming>) -> Response<ResponseBody> {
+    fn relay(&self, (response, lease): (Response<Incoming>, Lease)) -> Response<ResponseBody> {
         let (mut parts, body) = response.into_parts();
         rewrite_response(&mut parts.headers);
         parts.extensions.clear();
         let body = if body.is_end_stream() {
             ResponseBody::empty()
         } else {
-            ResponseBody::upstream(body, StreamGuard::new(self.metrics.clone()))
+            ResponseBody::upstream(
+                body,
+                StreamGuard::new(self.metrics.clone()).with_lease(lease),
+            )
         };
         Response::from_parts(parts, body)
     }

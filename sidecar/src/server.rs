@@ -93,7 +93,8 @@ impl Server {
         let tokens = Arc::new(TokenSource::new(config, exchanger, metrics.clone()));
         let weak = Arc::downgrade(&tokens);
         metrics.register_token_expiry(move || weak.upgrade()?.seconds_until_expiry());
-        let upstream = Upstream::new(&config.hub_url, &tls, metrics.clone())?;
+        let upstream =
+            Upstream::with_protocol(&config.hub_url, &tls, config.hub_protocol, metrics.clone())?;
         let proxy = Arc::new(Proxy::new(
             config,
             tokens.clone(),
@@ -137,6 +138,8 @@ impl Server {
     /// finish for up to the grace period, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let warmer = tokio::spawn(self.tokens.clone().run_warmer());
+        // Connects to the hub ahead of the first request; readiness does not wait for it.
+        let pool = self.proxy.start_pool();
         let admin = tokio::spawn(serve_admin(self.admin_listener, self.admin.clone()));
         let (stop_tx, stop_rx) = watch::channel(false);
         // Every connection task holds a sender; `recv` returns `None` once all are gone.
@@ -180,6 +183,7 @@ impl Server {
             tracing::warn!("grace period over; closing the remaining connections");
         }
         warmer.abort();
+        pool.abort();
         admin.abort();
         tracing::info!("stopped");
     }

@@ -1,11 +1,11 @@
-//! Issue 7, bad input over a raw TCP socket: path tricks, absolute-form and CONNECT targets,
-//! oversized heads and bodies, request-smuggling shapes, malformed framing, and hostile
-//! `Host`/`Origin` values. Each gets a precise 4xx (or 5xx for protocol versions) from the
-//! sidecar itself and never reaches the hub; the sidecar keeps serving.
-//!
-//! Already proven elsewhere: the plain path list of statement 2 (`routing::s02_*`), methods
-//! (`routing::s03_*`), Host and Origin basics (`routing::s04_*`, `s05_*`), body limits with
-//! Content-Length and chunked (`transparency::s28_*`).
+// Issue 7, bad input over a raw TCP socket: path tricks, absolute-form and CONNECT targets,
+// oversized heads and bodies, request-smuggling shapes, malformed framing, and hostile
+// `Host`/`Origin` values. Each gets a precise 4xx (or 5xx for protocol versions) from the
+// sidecar itself and never reaches the hub; the sidecar keeps serving.
+//
+// Already proven elsewhere: the plain path list of statement 2 (`routing::s02_*`), methods
+// (`routing::s03_*`), Host and Origin basics (`routing::s04_*`, `s05_*`), body limits with
+// Content-Length and chunked (`transparency::s28_*`).
 
 mod common;
 

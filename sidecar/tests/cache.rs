@@ -1,7 +1,8 @@
-//! Token-cache behaviour from issue 2 (statements 11-14 under load): 1,000 concurrent first
-//! requests make one exchange, a warm cache makes none, refresh never blocks a request, rotated
-//! subject and secret files are picked up, an outage is ridden out until the token expires.
+// Token-cache behaviour from issue 2 (statements 11-14 under load): 1,000 concurrent first
+// requests make one exchange, a warm cache makes none, refresh never blocks a request, rotated
+// subject and secret files are picked up, an outage is ridden out until the token expires.
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -140,7 +141,7 @@ async fn s11_cache_refresh_before_expiry_never_blocks() {
         "a request waited {worst:?} on the 1.5 s refresh"
     );
     let new = env.auth.issued_tokens()[1].clone();
-    crate::assert_secret_eq!(
+    assert_secret_eq!(
         env.hub.last_request().unwrap().bearer.as_deref(),
         Some(new.as_str()),
         "the refreshed token is in use"
@@ -159,12 +160,12 @@ async fn s13_cache_rotated_subject_file_picked_up() {
         env.rotate_subject(&subject);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(env.call(round).await.unwrap().status, 200);
-        crate::assert_secret_eq!(
+        assert_secret_eq!(
             env.auth.requests().last().unwrap().field("subject_token"),
             Some(subject.as_str()),
             "round {round}"
         );
-        crate::assert_secret_eq!(
+        assert_secret_eq!(
             env.hub.last_request().unwrap().bearer.as_deref(),
             env.auth.issued_tokens().last().map(String::as_str)
         );
@@ -178,7 +179,7 @@ async fn cache_rotated_secret_file_picked_up() {
         .start_with(|auth, _| auth.set_default(AuthReply::ok_expires_in(4)))
         .await
         .unwrap();
-    crate::assert_secret_eq!(
+    assert_secret_eq!(
         env.auth.requests()[0].basic.as_ref().map(|b| b.1.as_str()),
         Some(CLIENT_SECRET)
     );
@@ -235,7 +236,7 @@ async fn cache_outage_serves_cached_token_until_expiry_then_503() {
             "still-valid token served through the outage at {:?}",
             t0.elapsed()
         );
-        crate::assert_secret_eq!(
+        assert_secret_eq!(
             env.hub.last_request().unwrap().bearer.as_deref(),
             Some(token.as_str())
         );

@@ -1,6 +1,7 @@
-//! docs/protocol.md statements 7-20: credentials, the exchange request, caching rules, failures,
-//! the 401 replay and secret hygiene. Real binary, fake Civic Auth, fake hub.
+// docs/protocol.md statements 7-20: credentials, the exchange request, caching rules, failures,
+// the 401 replay and secret hygiene. Real binary, fake Civic Auth, fake hub.
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -38,7 +39,7 @@ async fn s07_workload_authorization_replaced() {
     let auths = seen.header_values("authorization");
     assert_eq!(auths.len(), 1, "exactly one Authorization upstream");
     let issued = env.auth.issued_tokens();
-    crate::assert_secret_eq!(
+    assert_secret_eq!(
         auths[0],
         format!("Bearer {}", issued[0]),
         "the exchanged token, nothing else"
@@ -46,7 +47,7 @@ async fn s07_workload_authorization_replaced() {
     assert!(seen.authorized);
     // Without any workload Authorization the same token is injected.
     assert_eq!(env.call(2).await.unwrap().status, 200);
-    crate::assert_secret_eq!(
+    assert_secret_eq!(
         env.hub
             .last_request()
             .unwrap()
@@ -70,7 +71,7 @@ async fn s07_static_token_mode_injects_file_token_without_exchange() {
         .unwrap();
     assert_eq!(env.send(req).await.unwrap().status, 200);
     let seen = env.hub.last_request().unwrap();
-    crate::assert_secret_eq!(
+    assert_secret_eq!(
         seen.header_values("authorization"),
         vec![format!("Bearer {}", env.static_token)]
     );
@@ -100,13 +101,13 @@ async fn s08_exchange_request_shape() {
             .starts_with("application/x-www-form-urlencoded"),
         "form body"
     );
-    crate::assert_secret_eq!(
+    assert_secret_eq!(
         r.basic,
         Some((CLIENT_ID.to_string(), CLIENT_SECRET.to_string())),
         "HTTP Basic client auth"
     );
     assert_eq!(r.field("grant_type"), Some(GRANT_TYPE_TOKEN_EXCHANGE));
-    crate::assert_secret_eq!(r.field("subject_token"), Some(env.subject_token.as_str()));
+    assert_secret_eq!(r.field("subject_token"), Some(env.subject_token.as_str()));
     assert_eq!(r.field("subject_token_type"), Some(TOKEN_TYPE_ACCESS));
     for f in ["grant_type", "subject_token", "subject_token_type"] {
         assert_eq!(r.field_count(f), 1, "{f} exactly once");
@@ -342,7 +343,7 @@ async fn s11_token_reused_until_refresh_point() {
         "the first token was still sent well after its 3 s reuse window: {late_uses:?}"
     );
     let latest = env.auth.issued_tokens().last().cloned();
-    crate::assert_secret_eq!(
+    assert_secret_eq!(
         env.hub.last_request().unwrap().bearer,
         latest,
         "requests moved to the newest token"
@@ -416,17 +417,17 @@ async fn s13_subject_rotation_invalidates_cache() {
         reqs.len() >= 2,
         "the rotated subject causes a new exchange before the next upstream request"
     );
-    crate::assert_secret_eq!(
+    assert_secret_eq!(
         reqs.last().unwrap().field("subject_token"),
         Some(rotated.as_str())
     );
     let seen = env.hub.last_request().unwrap();
-    crate::assert_secret_ne!(
+    assert_secret_ne!(
         seen.bearer.as_deref(),
         Some(first.as_str()),
         "the old subject's token is not used any more"
     );
-    crate::assert_secret_eq!(
+    assert_secret_eq!(
         seen.bearer.as_deref(),
         env.auth.issued_tokens().last().map(String::as_str)
     );
@@ -458,16 +459,16 @@ async fn s13_per_user_header_subjects_are_separate() {
         bearers.push(seen.bearer.unwrap());
     }
     assert_eq!(env.auth.calls(), 2, "one exchange per user, then cached");
-    crate::assert_secret_eq!(bearers[0], bearers[2]);
-    crate::assert_secret_eq!(bearers[1], bearers[3]);
-    crate::assert_secret_ne!(bearers[0], bearers[1], "users never share a token");
+    assert_secret_eq!(bearers[0], bearers[2]);
+    assert_secret_eq!(bearers[1], bearers[3]);
+    assert_secret_ne!(bearers[0], bearers[1], "users never share a token");
     let subjects: Vec<String> = env
         .auth
         .requests()
         .iter()
         .filter_map(|r| r.field("subject_token").map(String::from))
         .collect();
-    crate::assert_secret_eq!(subjects, vec![alice, bob]);
+    assert_secret_eq!(subjects, vec![alice, bob]);
     env.finish();
 }
 
@@ -710,8 +711,8 @@ async fn s17_upstream_401_reexchanges_and_replays_once() {
         "the buffered body is replayed byte for byte"
     );
     assert_eq!(replay.json().unwrap(), payload);
-    crate::assert_secret_ne!(first.bearer, replay.bearer, "the replay uses the new token");
-    crate::assert_secret_eq!(
+    assert_secret_ne!(first.bearer, replay.bearer, "the replay uses the new token");
+    assert_secret_eq!(
         replay.bearer.as_deref(),
         env.auth.issued_tokens().last().map(String::as_str)
     );

@@ -1,12 +1,12 @@
-//! Issue 7, load: the real sidecar under sustained request load while its token is refreshed
-//! every couple of seconds and the subject token file rotates, with 1,000 SSE streams open the
-//! whole time. Every request must get 200, every stream must deliver every event in order and
-//! end cleanly, exchanges stay bounded by the token lifetime (not by the request count), and the
-//! sidecar's RSS must not creep: at most [`CREEP_BOUND_KIB`] between the end of the warm-up and
-//! the end of the run (the benchmark's bound).
-//!
-//! CI runs it for [`DEFAULT_SECS`]; `CIVIC_LOAD_SECS=300` runs longer, `CIVIC_LOAD_STREAMS` and
-//! `CIVIC_LOAD_RPS` change the shape. Figures are printed (run with `--no-capture`).
+// Issue 7, load: the real sidecar under sustained request load while its token is refreshed
+// every couple of seconds and the subject token file rotates, with 1,000 SSE streams open the
+// whole time. Every request must get 200, every stream must deliver every event in order and
+// end cleanly, exchanges stay bounded by the token lifetime (not by the request count), and the
+// sidecar's RSS must not creep: at most [`CREEP_BOUND_KIB`] between the end of the warm-up and
+// the end of the run (the benchmark's bound).
+//
+// CI runs it for [`DEFAULT_SECS`]; `CIVIC_LOAD_SECS=300` runs longer, `CIVIC_LOAD_STREAMS` and
+// `CIVIC_LOAD_RPS` change the shape. Figures are printed (run with `--no-capture`).
 
 mod common;
 

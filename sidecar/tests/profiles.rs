@@ -1,7 +1,7 @@
-//! Several profiles in one sidecar: the default on `/hub/mcp`, each named one on
-//! `/profiles/<name>/hub/mcp`, each with its own profile-locked token for the same subject.
-//! Real binary, fake Civic Auth (which records each exchange's `civic_profile` and mints it
-//! into the token), fake hub or an official-SDK server, official SDK clients.
+// Several profiles in one sidecar: the default on `/hub/mcp`, each named one on
+// `/profiles/<name>/hub/mcp`, each with its own profile-locked token for the same subject.
+// Real binary, fake Civic Auth (which records each exchange's `civic_profile` and mints it
+// into the token), fake hub or an official-SDK server, official SDK clients.
 
 mod common;
 

@@ -1,5 +1,5 @@
-//! docs/protocol.md statements 1-6 and 25: listener, routing, DNS-rebinding and Origin guards,
-//! upstream path and query; plus the admin listener. Real binary, real sockets.
+// docs/protocol.md statements 1-6 and 25: listener, routing, DNS-rebinding and Origin guards,
+// upstream path and query; plus the admin listener. Real binary, real sockets.
 
 mod common;
 

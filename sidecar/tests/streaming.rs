@@ -1,5 +1,5 @@
-//! docs/protocol.md statements 24, 26 and 27, and graceful shutdown: SSE relayed event by event,
-//! no idle timeout, disconnects propagated upstream, streams surviving a token refresh.
+// docs/protocol.md statements 24, 26 and 27, and graceful shutdown: SSE relayed event by event,
+// no idle timeout, disconnects propagated upstream, streams surviving a token refresh.
 
 mod common;
 

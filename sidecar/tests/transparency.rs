@@ -1,5 +1,5 @@
-//! docs/protocol.md statements 21-23, 28 and 29 (fake-hub half): MCP headers byte for byte,
-//! statuses and bodies unchanged, hop-by-hop headers dropped both ways, body limit, gzip.
+// docs/protocol.md statements 21-23, 28 and 29 (fake-hub half): MCP headers byte for byte,
+// statuses and bodies unchanged, hop-by-hop headers dropped both ways, body limit, gzip.
 
 mod common;
 

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use crate::auth::opaque_tokens;
 use crate::jwt;
 use crate::secrets::AUTH_ISSUER;
-use crate::server::{Body, ChannelBody, Handler, TestServer, empty, full};
+use crate::server::{Body, ChannelBody, ConnectionId, Handler, TestServer, empty, full};
 use crate::tls::TestCa;
 
 /// One step of a scripted SSE body.
@@ -151,8 +151,14 @@ pub struct RecordedRequest {
     pub path: String,
     pub query: Option<String>,
     pub version: http::Version,
-    /// Header names (lower case) and raw values, in arrival order, duplicates kept.
+    /// The connection it came on (1, 2, … in accept order).
+    pub connection: usize,
+    /// Header names (lower case) and raw values, in arrival order, duplicates kept. An HTTP/2
+    /// request's `:authority` is listed as `host` first, as servers must treat it (RFC 9113
+    /// §8.3.1), unless it carried a `Host` field too ([`host_field`](Self::host_field)).
     pub headers: Vec<(String, Vec<u8>)>,
+    /// Whether a literal `Host` header field arrived (over HTTP/2, besides `:authority`).
+    pub host_field: bool,
     pub body: Bytes,
     pub bearer: Option<String>,
     /// Whether the token check passed.
@@ -256,8 +262,30 @@ impl FakeHub {
         Self::start_with(None).await
     }
 
+    /// Over TLS, offering ALPN `h2` and `http/1.1` (the client picks).
     pub async fn start_tls(ca: &TestCa) -> anyhow::Result<Self> {
         Self::start_with(Some(ca.server_config())).await
+    }
+
+    /// Over TLS, HTTP/1.1 only (ALPN offers `http/1.1` alone).
+    pub async fn start_tls_http1_only(ca: &TestCa) -> anyhow::Result<Self> {
+        Self::start_with(Some(ca.server_config_http1_only())).await
+    }
+
+    /// Connections accepted so far (TLS handshakes, with TLS).
+    pub fn connections(&self) -> usize {
+        self.server.stats().accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections that have ended.
+    pub fn closed_connections(&self) -> usize {
+        self.server.stats().closed.load(Ordering::SeqCst)
+    }
+
+    /// Gracefully closes every open connection (HTTP/2 GOAWAY; HTTP/1.1 close after the
+    /// response in flight), as a hub does on a deploy; new connections are accepted.
+    pub fn close_connections(&self) {
+        self.server.close_connections();
     }
 
     async fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> anyhow::Result<Self> {
@@ -441,10 +469,23 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             path: parts.uri.path().to_string(),
             query: parts.uri.query().map(str::to_string),
             version: parts.version,
+            connection: parts.extensions.get::<ConnectionId>().map_or(0, |c| c.0),
+            host_field: parts.headers.contains_key(header::HOST),
             headers: parts
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+                .uri
+                .authority()
+                .filter(|_| {
+                    parts.version == http::Version::HTTP_2
+                        && !parts.headers.contains_key(header::HOST)
+                })
+                .map(|a| ("host".to_string(), a.as_str().as_bytes().to_vec()))
+                .into_iter()
+                .chain(
+                    parts
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec())),
+                )
                 .collect(),
             body,
             bearer,

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -62,11 +63,27 @@ pub(crate) type Handler = Arc<
     dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync,
 >;
 
+/// Which connection (1, 2, …, in accept order) a request arrived on; in each request's
+/// extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionId(pub usize);
+
+/// Connection counts of a server.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionStats {
+    /// Connections accepted (and, with TLS, handshaken).
+    pub(crate) accepted: AtomicUsize,
+    /// Connections that have ended.
+    pub(crate) closed: AtomicUsize,
+}
+
 /// A running server; stops accepting and closes its connections on drop.
 pub(crate) struct TestServer {
     addr: SocketAddr,
     tls: bool,
     stop: watch::Sender<bool>,
+    goaway: watch::Sender<u64>,
+    stats: Arc<ConnectionStats>,
 }
 
 impl TestServer {
@@ -77,13 +94,34 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (stop, stop_rx) = watch::channel(false);
+        let (goaway, goaway_rx) = watch::channel(0);
+        let stats = Arc::new(ConnectionStats::default());
         let acceptor = tls.clone().map(tokio_rustls::TlsAcceptor::from);
-        tokio::spawn(accept_loop(listener, acceptor, handler, stop_rx));
+        tokio::spawn(accept_loop(
+            listener,
+            acceptor,
+            handler,
+            stop_rx,
+            goaway_rx,
+            stats.clone(),
+        ));
         Ok(Self {
             addr,
             tls: tls.is_some(),
             stop,
+            goaway,
+            stats,
         })
+    }
+
+    pub(crate) fn stats(&self) -> &ConnectionStats {
+        &self.stats
+    }
+
+    /// Gracefully closes every open connection: HTTP/2 GOAWAY, HTTP/1.1 close after the
+    /// response in flight. New connections are accepted as usual.
+    pub(crate) fn close_connections(&self) {
+        self.goaway.send_modify(|n| *n += 1);
     }
 
     pub(crate) fn addr(&self) -> SocketAddr {
@@ -111,6 +149,8 @@ async fn accept_loop(
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     handler: Handler,
     mut stop: watch::Receiver<bool>,
+    goaway: watch::Receiver<u64>,
+    stats: Arc<ConnectionStats>,
 ) {
     loop {
         let (stream, _) = tokio::select! {
@@ -120,26 +160,49 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let acceptor = acceptor.clone();
-        let mut stop = stop.clone();
+        let stop = stop.clone();
+        let mut goaway = goaway.clone();
+        goaway.mark_unchanged();
+        let stats = stats.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let fut = handler(req);
-                async move { Ok::<_, Infallible>(fut.await) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             match acceptor {
                 Some(acc) => {
                     let Ok(tls) = acc.accept(stream).await else {
                         return;
                     };
-                    let conn = builder.serve_connection(TokioIo::new(tls), svc);
-                    tokio::select! { _ = conn => {}, _ = stop.changed() => {} }
+                    serve(TokioIo::new(tls), handler, stop, goaway, &stats).await;
                 }
-                None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                    tokio::select! { _ = conn => {}, _ = stop.changed() => {} }
-                }
+                None => serve(TokioIo::new(stream), handler, stop, goaway, &stats).await,
             }
         });
     }
+}
+
+async fn serve<I>(
+    io: I,
+    handler: Handler,
+    mut stop: watch::Receiver<bool>,
+    mut goaway: watch::Receiver<u64>,
+    stats: &ConnectionStats,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let id = ConnectionId(stats.accepted.fetch_add(1, Ordering::SeqCst) + 1);
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(id);
+        let fut = handler(req);
+        async move { Ok::<_, Infallible>(fut.await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.changed() => {}
+        _ = goaway.changed() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! { _ = conn.as_mut() => {}, _ = stop.changed() => {} }
+        }
+    }
+    stats.closed.fetch_add(1, Ordering::SeqCst);
 }

@@ -86,6 +86,13 @@ impl TestCa {
         self.server.clone()
     }
 
+    /// The same server config offering ALPN `http/1.1` only: an HTTP/1.1-only server.
+    pub fn server_config_http1_only(&self) -> Arc<rustls::ServerConfig> {
+        let mut config = (*self.server).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+
     /// Client config trusting only this CA.
     pub fn client_config(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
         let mut roots = rustls::RootCertStore::empty();

@@ -1,6 +1,6 @@
 //! Shared set-up for the sidecar's integration tests: the real binary between a fake Civic Auth
 //! and a fake hub (or an official-SDK peer), with the workload side driven over real sockets.
-#![allow(dead_code)] // each test binary uses a different part of this module
+#![allow(dead_code, unused_macros)] // each test binary uses a different part of this module
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,26 @@ pub fn bin() -> String {
     std::env::var("CIVIC_SIDECAR_BIN").unwrap_or_else(|_| BIN.to_string())
 }
 
+/// The HTTP version between the sidecar and the fake hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HubProtocol {
+    /// HTTP/1.1 (over TLS the fake hub offers ALPN `http/1.1` only).
+    Http1,
+    /// HTTP/2: prior knowledge (h2c) on the plain hub, ALPN `h2` over TLS.
+    H2,
+}
+
+/// The protocol matrix: each test file also builds as a `<name>_h2` target (sidecar/Cargo.toml)
+/// that runs every test against an HTTP/2 hub; `CIVIC_TEST_HUB_PROTOCOL=h2|http1` overrides.
+pub fn hub_protocol() -> HubProtocol {
+    match std::env::var("CIVIC_TEST_HUB_PROTOCOL").as_deref() {
+        Ok("h2") => HubProtocol::H2,
+        Ok("http1") => HubProtocol::Http1,
+        _ if env!("CARGO_CRATE_NAME").ends_with("_h2") => HubProtocol::H2,
+        _ => HubProtocol::Http1,
+    }
+}
+
 /// How the sidecar gets its subject.
 #[derive(Debug, Clone)]
 pub enum Subject {
@@ -50,6 +70,7 @@ pub struct Setup {
     tls: bool,
     hub_url: Option<String>,
     hub_path: Option<String>,
+    protocol: Option<HubProtocol>,
 }
 
 /// A running scenario. Call [`Env::finish`] at the end of every test.
@@ -81,6 +102,7 @@ impl Setup {
             tls: false,
             hub_url: None,
             hub_path: None,
+            protocol: None,
         }
     }
 
@@ -115,6 +137,12 @@ impl Setup {
         self
     }
 
+    /// Speak `protocol` to the fake hub, whatever the matrix says.
+    pub fn hub_protocol(mut self, protocol: HubProtocol) -> Self {
+        self.protocol = Some(protocol);
+        self
+    }
+
     /// Use this hub URL instead of the fake hub's `/hub/mcp` (e.g. an SDK peer).
     pub fn hub_url(mut self, url: impl Into<String>) -> Self {
         self.hub_url = Some(url.into());
@@ -134,10 +162,14 @@ impl Setup {
         before_spawn: impl FnOnce(&FakeCivicAuth, &FakeHub),
     ) -> anyhow::Result<Env> {
         let ca = if self.tls { Some(TestCa::new()?) } else { None };
+        let protocol = self.protocol.unwrap_or_else(hub_protocol);
         let (auth, hub) = match &ca {
             Some(ca) => (
                 FakeCivicAuth::start_tls(ca).await?,
-                FakeHub::start_tls(ca).await?,
+                match protocol {
+                    HubProtocol::H2 => FakeHub::start_tls(ca).await?,
+                    HubProtocol::Http1 => FakeHub::start_tls_http1_only(ca).await?,
+                },
             ),
             None => (FakeCivicAuth::start().await?, FakeHub::start().await?),
         };
@@ -184,6 +216,11 @@ impl Setup {
             Subject::Header(h) => b.env(c::ENV_SUBJECT_HEADER, h),
             Subject::Static => b.env_path(c::ENV_ACCESS_TOKEN_FILE, &access_file),
         };
+        // The plain fake hub speaks both; the sidecar needs to be told to use h2c. Over TLS,
+        // ALPN decides. Other hubs (SDK peers, relays) keep the default.
+        if protocol == HubProtocol::H2 && self.hub_url.is_none() && ca.is_none() {
+            b = b.env(c::ENV_HUB_PROTOCOL, "h2");
+        }
         for (k, v) in &self.env {
             b = b.env(k, v);
         }
@@ -439,10 +476,11 @@ pub fn fingerprint<T: std::fmt::Debug>(v: &T) -> String {
 }
 
 /// `assert_eq!` for values that may hold tokens or secrets: a failure shows fingerprints only.
-#[macro_export]
+/// Textually scoped (`#[macro_use] mod common;`), not exported: the `_h2` test targets include
+/// their test file, and an exported macro from included code cannot be named by path.
 macro_rules! assert_secret_eq {
     ($left:expr, $right:expr $(,)?) => {
-        $crate::assert_secret_eq!($left, $right, "values differ")
+        assert_secret_eq!($left, $right, "values differ")
     };
     // `match` keeps temporaries alive for the comparison, as `assert_eq!` does.
     ($left:expr, $right:expr, $($msg:tt)+) => {
@@ -462,10 +500,9 @@ macro_rules! assert_secret_eq {
 }
 
 /// `assert_ne!` for values that may hold tokens or secrets.
-#[macro_export]
 macro_rules! assert_secret_ne {
     ($left:expr, $right:expr $(,)?) => {
-        $crate::assert_secret_ne!($left, $right, "values are equal")
+        assert_secret_ne!($left, $right, "values are equal")
     };
     ($left:expr, $right:expr, $($msg:tt)+) => {
         match (&$left, &$right) {
