@@ -25,8 +25,8 @@ use common::{
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 const EVENTUALLY: Duration = Duration::from_secs(60);
@@ -40,21 +40,6 @@ fn has(out: &str, wants: &[&str]) -> anyhow::Result<()> {
         ensure!(out.contains(want), "{want:?} not in:\n{out}");
     }
     Ok(())
-}
-
-async fn create<K>(client: &Client, body: Value) -> anyhow::Result<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + serde::Serialize,
-    K::DynamicType: Default,
-{
-    let obj: K = serde_json::from_value(body)?;
-    Ok(Api::<K>::namespaced(client.clone(), TEAM)
-        .create(&PostParams::default(), &obj)
-        .await?)
 }
 
 fn owner(kind: &str, name: &str, uid: &str) -> Value {
@@ -92,18 +77,8 @@ async fn check_passes_then_finds_each_problem() -> anyhow::Result<()> {
         ))],
     )
     .await?;
+    common::wait_ca_bundle_filled(&admin, EVENTUALLY).await?;
     let configs: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
-    eventually("caBundle filled in", EVENTUALLY, || async {
-        let c = configs.get(WEBHOOK_CONFIG).await?;
-        let filled = c.webhooks.unwrap_or_default().first().is_some_and(|w| {
-            w.client_config
-                .ca_bundle
-                .as_ref()
-                .is_some_and(|b| !b.0.is_empty())
-        });
-        Ok(filled.then_some(()))
-    })
-    .await?;
     let integrations: Api<CivicIntegration> = Api::namespaced(admin.clone(), TEAM);
     let ready = |name: &'static str, want: &'static str| {
         let integrations = integrations.clone();
@@ -258,8 +233,9 @@ async fn check_passes_then_finds_each_problem() -> anyhow::Result<()> {
     )?;
 
     // A Deployment's pod that opted in after admission: the webhook never saw it.
-    let deployment: Deployment = create(
+    let deployment: Deployment = common::create_in(
         &admin,
+        TEAM,
         json!({
             "metadata": {"name": "support-agent"},
             "spec": {"selector": {"matchLabels": {"app": "support-agent"}},
@@ -268,8 +244,9 @@ async fn check_passes_then_finds_each_problem() -> anyhow::Result<()> {
         }),
     )
     .await?;
-    let rs: ReplicaSet = create(
+    let rs: ReplicaSet = common::create_in(
         &admin,
+        TEAM,
         json!({
             "metadata": {"name": "support-agent-7d9f", "ownerReferences":
                 owner("Deployment", "support-agent", &deployment.uid().context("uid")?)},
@@ -280,8 +257,9 @@ async fn check_passes_then_finds_each_problem() -> anyhow::Result<()> {
     )
     .await?;
     let pods: Api<Pod> = Api::namespaced(admin.clone(), TEAM);
-    create::<Pod>(
+    common::create_in::<Pod>(
         &admin,
+        TEAM,
         json!({
             "metadata": {"name": "support-agent-7d9f-abcde", "labels": {"app": "support-agent"},
                          "ownerReferences": owner("ReplicaSet", "support-agent-7d9f", &rs.uid().context("uid")?)},
@@ -297,8 +275,9 @@ async fn check_passes_then_finds_each_problem() -> anyhow::Result<()> {
     .await?;
 
     // An injected pod whose sidecar crashes (the status a kubelet would write).
-    let injected: Pod = create(
+    let injected: Pod = common::create_in(
         &admin,
+        TEAM,
         json!({
             "metadata": {"name": "agent-1", "labels": {
                 "app": "support-agent", "mcp.civic.com/inject": "enabled"}},

@@ -22,7 +22,6 @@ use common::{
     create_integration, create_namespace, eventually, integration, lease_holder, put_secret,
 };
 use futures_util::StreamExt as _;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
@@ -577,22 +576,7 @@ async fn webhook_certificates_rotate_under_traffic_and_a_dead_webhook_fails_clos
         ))],
     )
     .await?;
-    let configs: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
-    eventually("caBundle filled in", EVENTUALLY, || async {
-        let c = configs.get(WEBHOOK_CONFIG).await?;
-        let filled = c
-            .webhooks
-            .as_ref()
-            .and_then(|w| w.first())
-            .is_some_and(|w| {
-                w.client_config
-                    .ca_bundle
-                    .as_ref()
-                    .is_some_and(|b| !b.0.is_empty())
-            });
-        Ok(filled.then_some(()))
-    })
-    .await?;
+    common::wait_ca_bundle_filled(admin, EVENTUALLY).await?;
     wait_conditions(admin, CI_NAME, &[("Ready", "True", "Ready")]).await?;
 
     // Traffic: opted-in pods (must be injected) and plain pods, every 200 ms, until the serving

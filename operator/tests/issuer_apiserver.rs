@@ -14,8 +14,6 @@ use anyhow::{Context as _, ensure};
 use civic_testkit::apiserver::{ADMIN_USER, KubeApiServer, SERVICE_ACCOUNT_ISSUER};
 use common::{TEAM, create_integration, create_namespace, install_crd};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
-use kube::Client;
-use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
 /// Registered with no role: may read neither discovery nor CivicIntegrations.
@@ -23,22 +21,6 @@ const NOBODY: &str = "nobody";
 
 async fn issuer(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<common::CliRun> {
     common::run_cli(kubeconfig, "issuer", args).await
-}
-
-async fn create<K>(client: &Client, ns: &str, body: Value) -> anyhow::Result<()>
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + serde::Serialize,
-    K::DynamicType: Default,
-{
-    let obj: K = serde_json::from_value(body)?;
-    Api::<K>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &obj)
-        .await?;
-    Ok(())
 }
 
 #[tokio::test]
@@ -69,9 +51,10 @@ async fn issuer_reports_the_test_clusters_internal_issuer() -> anyhow::Result<()
         "subject": {"requestHeader": {"name": "Authorization"}},
     }));
     create_integration(&admin, ci).await?;
-    create::<ServiceAccount>(&admin, TEAM, json!({"metadata": {"name": "agent"}})).await?;
+    common::create_in::<ServiceAccount>(&admin, TEAM, json!({"metadata": {"name": "agent"}}))
+        .await?;
     // No webhook here: the command selects opted-in pods as the webhook would.
-    create::<Pod>(
+    common::create_in::<Pod>(
         &admin,
         TEAM,
         json!({
@@ -83,7 +66,7 @@ async fn issuer_reports_the_test_clusters_internal_issuer() -> anyhow::Result<()
     )
     .await?;
     // Same selector, not opted in: the webhook never sees it, so it does not count.
-    create::<Pod>(
+    common::create_in::<Pod>(
         &admin,
         TEAM,
         json!({

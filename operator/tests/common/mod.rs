@@ -352,6 +352,39 @@ impl Drop for Operator {
     }
 }
 
+/// Creates the namespaced object `body` (any kind) in `ns` as `client`.
+pub async fn create_in<K>(client: &Client, ns: &str, body: Value) -> anyhow::Result<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize,
+    K::DynamicType: Default,
+{
+    let obj: K = serde_json::from_value(body)?;
+    Ok(Api::<K>::namespaced(client.clone(), ns)
+        .create(&kube::api::PostParams::default(), &obj)
+        .await?)
+}
+
+/// Waits until the operator has filled the caBundle of [`WEBHOOK_CONFIG`].
+pub async fn wait_ca_bundle_filled(admin: &Client, within: Duration) -> anyhow::Result<()> {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
+    eventually("caBundle filled in", within, || async {
+        let c = configs.get(WEBHOOK_CONFIG).await?;
+        let filled = c.webhooks.unwrap_or_default().first().is_some_and(|w| {
+            w.client_config
+                .ca_bundle
+                .as_ref()
+                .is_some_and(|b| !b.0.is_empty())
+        });
+        Ok(filled.then_some(()))
+    })
+    .await
+}
+
 /// One finished run of a `civic-operator` command-line subcommand.
 pub struct CliRun {
     pub code: Option<i32>,
