@@ -80,10 +80,14 @@ pub enum SecretAccess {
 }
 
 impl SecretAccess {
-    fn serves(&self, ns: &str) -> bool {
+    /// `None` when the controller may read the Secrets of `ns`, else the outcome that says why
+    /// it may not.
+    fn refusal(&self, ns: &str) -> Option<SecretOutcome> {
         match self {
-            SecretAccess::ClusterGet { .. } => true,
-            SecretAccess::Namespaces(served) => served.contains(ns),
+            SecretAccess::Namespaces(served) if !served.contains(ns) => Some(
+                SecretOutcome::NamespaceNotServed(served.iter().cloned().collect()),
+            ),
+            _ => None,
         }
     }
 
@@ -383,15 +387,11 @@ async fn reconcile_inner(obj: &CivicIntegration, ctx: &Context) -> Result<Done, 
                 }]))
             }
             Ok(token_url) => {
-                let read = if settings.secrets.serves(&ns) {
-                    resolve_secret(&ctx.shared.client, &ns, &spec.client_secret_ref).await?
-                } else {
-                    let SecretAccess::Namespaces(served) = &settings.secrets else {
-                        unreachable!("cluster-wide access serves every namespace")
-                    };
-                    SecretRead::Unusable(SecretOutcome::NamespaceNotServed(
-                        served.iter().cloned().collect(),
-                    ))
+                let read = match settings.secrets.refusal(&ns) {
+                    Some(outcome) => SecretRead::Unusable(outcome),
+                    None => {
+                        resolve_secret(&ctx.shared.client, &ns, &spec.client_secret_ref).await?
+                    }
                 };
                 observed.secret = Some(match &read {
                     SecretRead::Unusable(outcome) => outcome.clone(),
