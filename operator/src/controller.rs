@@ -173,9 +173,12 @@ impl Context {
             .remove(key);
     }
 
-    /// Forgets a deleted integration's failure streak and status memo.
+    /// Forgets a deleted integration's failure streak, status memo and metric series.
     fn forget(&self, obj: &CivicIntegration) {
         self.reset_failures(&key_of(obj));
+        self.shared
+            .metrics
+            .forget_integration(&obj.namespace().unwrap_or_default(), &obj.name_any());
         if let Some(uid) = obj.uid() {
             let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
             w.remove(&uid);
@@ -430,6 +433,19 @@ async fn reconcile_inner(obj: &CivicIntegration, ctx: &Context) -> Result<Done, 
         previous.as_ref(),
         &conditions::now(),
     );
+    let unserved: i64 = observed
+        .bindings
+        .iter()
+        .map(|b| i64::from(b.matched_pods - b.injected_pods))
+        .sum();
+    ctx.shared.metrics.observe_integration(
+        &ns,
+        &name,
+        desired
+            .condition(conditions::READY)
+            .is_some_and(|c| c.status == "True"),
+        unserved,
+    );
     if stored.as_ref() != Some(&desired) && written.as_ref() != Some(&desired) {
         if !ctx.leader.is_leading() {
             return Err(Error::NotLeader);
@@ -561,7 +577,17 @@ fn trim_integration(obj: &mut CivicIntegration) {
 }
 
 /// Runs the controller until the returned future is dropped (on losing the lease or shutdown).
+/// Drops the per-integration series when a term ends (the future is dropped on a lost lease).
+struct ForgetIntegrationsOnDrop(Metrics);
+
+impl Drop for ForgetIntegrationsOnDrop {
+    fn drop(&mut self) {
+        self.0.forget_integrations();
+    }
+}
+
 pub async fn run(shared: Shared, leader: LeaderGate) {
+    let _series = ForgetIntegrationsOnDrop(shared.metrics.clone());
     let client = shared.client.clone();
     let (pod_index, pod_changes) = pods::watch(Api::all(client.clone()));
     let ctx = Arc::new(Context::new(shared, pod_index, leader));

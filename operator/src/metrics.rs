@@ -9,10 +9,15 @@
 //! | `civic_operator_events_total` | counter | `type` = `Normal`, `Warning` | Events published on condition changes |
 //! | `civic_operator_probes_total` | counter | `result` = `valid`, `invalid`, `error` | credential probes sent to Civic Auth |
 //! | `civic_operator_leader` | gauge | | 1 while this replica holds the lease |
+//! | `civic_operator_integration_ready` | gauge | `integration_namespace`, `integration` | 1 while the integration's `Ready` condition is `True`, else 0 (leader only) |
+//! | `civic_operator_opted_in_pods_without_sidecar` | gauge (pods) | `integration_namespace`, `integration` | live pods its bindings select that carry no sidecar of theirs (leader only) |
+//!
+//! The two per-integration gauges are published by the replica holding the lease and dropped when
+//! it loses it; their labels avoid `namespace`, which scrapes set to the operator's own.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The operator's metrics and their registry.
@@ -26,6 +31,8 @@ pub struct Metrics {
     pub events: IntCounterVec,
     pub probes: IntCounterVec,
     pub leader: IntGauge,
+    integration_ready: IntGaugeVec,
+    pods_without_sidecar: IntGaugeVec,
 }
 
 impl Metrics {
@@ -71,6 +78,23 @@ impl Metrics {
         .expect("valid metric");
         let leader = IntGauge::new("leader", "1 while this replica holds the leader lease")
             .expect("valid metric");
+        let integration_labels = ["integration_namespace", "integration"];
+        let integration_ready = IntGaugeVec::new(
+            Opts::new(
+                "integration_ready",
+                "1 while the CivicIntegration's Ready condition is True, else 0",
+            ),
+            &integration_labels,
+        )
+        .expect("valid metric");
+        let pods_without_sidecar = IntGaugeVec::new(
+            Opts::new(
+                "opted_in_pods_without_sidecar",
+                "Live opted-in pods the integration's bindings select that carry none of its sidecars",
+            ),
+            &integration_labels,
+        )
+        .expect("valid metric");
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_errors.clone()),
@@ -79,6 +103,8 @@ impl Metrics {
             Box::new(events.clone()),
             Box::new(probes.clone()),
             Box::new(leader.clone()),
+            Box::new(integration_ready.clone()),
+            Box::new(pods_without_sidecar.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -98,7 +124,40 @@ impl Metrics {
             events,
             probes,
             leader,
+            integration_ready,
+            pods_without_sidecar,
         }
+    }
+
+    /// Publishes what the last reconcile of one integration found.
+    pub fn observe_integration(
+        &self,
+        namespace: &str,
+        name: &str,
+        ready: bool,
+        unserved_pods: i64,
+    ) {
+        let labels = [namespace, name];
+        self.integration_ready
+            .with_label_values(&labels)
+            .set(i64::from(ready));
+        self.pods_without_sidecar
+            .with_label_values(&labels)
+            .set(unserved_pods);
+    }
+
+    /// Drops a deleted integration's series.
+    pub fn forget_integration(&self, namespace: &str, name: &str) {
+        let labels = [namespace, name];
+        // Absent already (never reconciled) is fine.
+        let _ = self.integration_ready.remove_label_values(&labels);
+        let _ = self.pods_without_sidecar.remove_label_values(&labels);
+    }
+
+    /// Drops every integration's series: only the leader's view is current.
+    pub fn forget_integrations(&self) {
+        self.integration_ready.reset();
+        self.pods_without_sidecar.reset();
     }
 
     /// The registry, for metrics defined elsewhere (the webhook's).
@@ -150,5 +209,33 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("civic_operator_leader 1"), "{text}");
+    }
+
+    #[test]
+    fn integration_series_come_and_go() {
+        let m = Metrics::new();
+        m.observe_integration("team-a", "civic", false, 3);
+        let text = m.render();
+        assert!(
+            text.contains(
+                "civic_operator_integration_ready{integration=\"civic\",integration_namespace=\"team-a\"} 0"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("civic_operator_opted_in_pods_without_sidecar{integration=\"civic\",integration_namespace=\"team-a\"} 3"),
+            "{text}"
+        );
+        m.observe_integration("team-a", "civic", true, 0);
+        m.observe_integration("team-b", "civic", true, 0);
+        assert!(m.render().contains(
+            "civic_operator_integration_ready{integration=\"civic\",integration_namespace=\"team-a\"} 1"
+        ));
+        m.forget_integration("team-a", "civic");
+        let text = m.render();
+        assert!(!text.contains("integration_namespace=\"team-a\""), "{text}");
+        assert!(text.contains("integration_namespace=\"team-b\""), "{text}");
+        m.forget_integrations();
+        assert!(!m.render().contains("integration_namespace"));
     }
 }

@@ -262,29 +262,7 @@ mod tests {
     use crate::annotations::{INJECT_ENABLED, INJECT_LABEL};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
-    use crate::testing::binding;
-
-    fn pod(
-        ns: &str,
-        name: &str,
-        app: &str,
-        opted_in: bool,
-        injected: Option<&str>,
-    ) -> PartialObjectMeta<Pod> {
-        let mut labels = BTreeMap::from([("app".to_string(), app.to_string())]);
-        if opted_in {
-            labels.insert(INJECT_LABEL.into(), INJECT_ENABLED.into());
-        }
-        ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(ns.into()),
-            labels: Some(labels),
-            annotations: injected
-                .map(|v| BTreeMap::from([(INJECTED_ANNOTATION.to_string(), v.to_string())])),
-            ..ObjectMeta::default()
-        }
-        .into_response_partial()
-    }
+    use crate::testing::{binding, pod_meta as pod};
 
     fn listed(pods: Vec<PartialObjectMeta<Pod>>) -> (PodIndex, PodIndexWriter) {
         let (index, mut writer) = index();

@@ -1,11 +1,17 @@
 //! Test support: a kube `Client` backed by a tower-test mock, answering scripted responses.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use http::{Method, Request, Response};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::client::Body;
+use kube::core::{PartialObjectMeta, PartialObjectMetaExt};
 use serde_json::{Value, json};
 use tower_test::mock::{self, Handle};
+
+use crate::annotations::{INJECT_ENABLED, INJECT_LABEL, INJECTED_ANNOTATION};
 
 /// The server side of a mocked Kubernetes API.
 pub struct ApiMock {
@@ -128,4 +134,28 @@ pub fn loopback_policy() -> crate::policy::Policy {
         },
         crate::inject::DEFAULT_SIDECAR_IMAGE,
     )
+}
+
+/// A pod as the pod index sees it: labels `app` and (opted in) the inject label, and the
+/// injected-binding annotation.
+pub fn pod_meta(
+    ns: &str,
+    name: &str,
+    app: &str,
+    opted_in: bool,
+    injected: Option<&str>,
+) -> PartialObjectMeta<Pod> {
+    let mut labels = BTreeMap::from([("app".to_string(), app.to_string())]);
+    if opted_in {
+        labels.insert(INJECT_LABEL.into(), INJECT_ENABLED.into());
+    }
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(ns.into()),
+        labels: Some(labels),
+        annotations: injected
+            .map(|v| BTreeMap::from([(INJECTED_ANNOTATION.to_string(), v.to_string())])),
+        ..ObjectMeta::default()
+    }
+    .into_response_partial()
 }

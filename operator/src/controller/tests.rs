@@ -114,7 +114,7 @@ struct Fixture {
     ctx: Arc<Context>,
     probe: Arc<ScriptedProbe>,
     metrics: Metrics,
-    _pods: crate::pods::PodIndexWriter,
+    pods: crate::pods::PodIndexWriter,
 }
 
 fn fixture(mock_client: Client, probe: Arc<ScriptedProbe>, leading: bool) -> Fixture {
@@ -136,7 +136,7 @@ fn fixture(mock_client: Client, probe: Arc<ScriptedProbe>, leading: bool) -> Fix
         ctx: Arc::new(Context::new(shared, pods, LeaderGate::fixed(leading))),
         probe,
         metrics,
-        _pods: writer,
+        pods: writer,
     }
 }
 
@@ -210,7 +210,11 @@ fn status_from(body: &Value) -> CivicIntegrationStatus {
 #[tokio::test]
 async fn missing_secret_is_reported_and_announced() {
     let (client, mut mock) = ApiMock::new();
-    let f = fixture(client, ScriptedProbe::with(vec![]), true);
+    let mut f = fixture(client, ScriptedProbe::with(vec![]), true);
+    // Opted in and selected by the binding, but created without its sidecar.
+    f.pods.apply(watcher::Event::Apply(crate::testing::pod_meta(
+        "team", "agent", "agent", true, None,
+    )));
     let obj = integration(GOOD_URL, None);
     let run = tokio::spawn(reconcile(obj.clone(), f.ctx.clone()));
 
@@ -240,6 +244,20 @@ async fn missing_secret_is_reported_and_announced() {
     assert_eq!(action, Action::requeue(settings().resync));
     assert_eq!(f.probe.calls.load(Ordering::SeqCst), 0);
     assert_eq!(f.metrics.status_writes.get(), 1);
+    let text = f.metrics.render();
+    let series = "{integration=\"civic\",integration_namespace=\"team\"}";
+    assert!(
+        text.contains(&format!("civic_operator_integration_ready{series} 0")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "civic_operator_opted_in_pods_without_sidecar{series} 1"
+        )),
+        "{text}"
+    );
+    f.ctx.forget(&obj);
+    assert!(!f.metrics.render().contains("integration_namespace"));
 }
 
 #[tokio::test]
@@ -322,10 +340,11 @@ async fn good_credentials_make_it_ready_and_the_verdict_is_reused() {
     run.await.unwrap().unwrap();
     mock.expect_silence(Duration::from_millis(100)).await;
     assert_eq!(f.probe.calls.load(Ordering::SeqCst), 1);
+    let text = f.metrics.render();
+    assert!(text.contains("civic_operator_probes_total{result=\"valid\"} 1"));
     assert!(
-        f.metrics
-            .render()
-            .contains("civic_operator_probes_total{result=\"valid\"} 1")
+        text.contains("civic_operator_integration_ready{integration=\"civic\",integration_namespace=\"team\"} 1"),
+        "{text}"
     );
 }
 
