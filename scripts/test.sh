@@ -60,6 +60,9 @@ fi
 step "chart checks (helm lint/template, kubernetes-validate, golden, schema, shellcheck)"
 bash tests/chart/check.sh
 
+step "monitoring: the chart's alerts (promtool check and unit tests) and dashboard (Grafana schema, PromQL)"
+bash tests/monitoring/check.sh
+
 step "release workflow: actionlint over .github/workflows, chart packaging, release notes"
 bash tests/workflows/check.sh
 bash tests/release/check.sh

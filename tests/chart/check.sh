@@ -22,7 +22,7 @@ release=civic-mcp
 namespace=civic-system
 golden=tests/chart/golden/default.yaml
 # Kinds of CRDs the chart may render that kubernetes-validate has no schema for.
-foreign_kinds='^(Certificate|Issuer|ServiceMonitor)$'
+foreign_kinds='^(Certificate|Issuer|ServiceMonitor|PodMonitor|PrometheusRule)$'
 
 command -v helm >/dev/null || { echo "chart: helm not found (run scripts/install-helm.sh)" >&2; exit 1; }
 [ -x "$venv/bin/kubernetes-validate" ] || { echo "chart: $venv/bin/kubernetes-validate not found (run scripts/setup.sh)" >&2; exit 1; }
@@ -163,6 +163,7 @@ fi
 # 6. Scripts.
 scripts=(tests/chart/*.sh)
 [ -d tests/e2e ] && scripts+=(tests/e2e/*.sh)
+scripts+=(tests/monitoring/*.sh)
 if shellcheck -x "${scripts[@]}"; then
   ok "shellcheck ${scripts[*]}"
 else

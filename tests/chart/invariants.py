@@ -36,6 +36,16 @@ def served_secrets_rbac(d):
     ]
 
 
+def dashboard_elsewhere(d):
+    """The dashboard ConfigMap, which metrics.dashboard.namespace may put where Grafana looks:
+    nothing but the dashboard's JSON."""
+    return (
+        d["kind"] == "ConfigMap"
+        and d["metadata"]["name"].endswith("-dashboard")
+        and list(d.get("data", {})) == ["civic-mcp.json"]
+    )
+
+
 def main(render_path, namespace, crd_path):
     docs = [d for d in yaml.safe_load_all(open(render_path)) if d]
     errors = []
@@ -63,7 +73,7 @@ def main(render_path, namespace, crd_path):
         if d["kind"] in CLUSTER_SCOPED:
             if ns:
                 fail(f"cluster-scoped {key} has a namespace")
-        elif ns != namespace and not served_secrets_rbac(d):
+        elif ns != namespace and not served_secrets_rbac(d) and not dashboard_elsewhere(d):
             fail(f"{key} is in namespace {ns!r}, not the release namespace {namespace!r}")
 
     # Two Deployments: the controller and the webhook, apart so that one cannot take the other down.

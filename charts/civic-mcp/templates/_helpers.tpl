@@ -78,6 +78,15 @@ release namespace too: two releases of the same name in different namespaces mus
 {{- printf "%s-metrics" (include "civic-mcp.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{- define "civic-mcp.sidecarsPodMonitorName" -}}
+{{- printf "%s-sidecars" (include "civic-mcp.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Carries the release namespace: metrics.dashboard.namespace may gather several releases'. */}}
+{{- define "civic-mcp.dashboardName" -}}
+{{- printf "%s-dashboard" (include "civic-mcp.clusterScopedName" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{/* Cluster-scoped; rbac.yaml grants the webhook access to it by name. */}}
 {{- define "civic-mcp.webhookConfigName" -}}
 {{- include "civic-mcp.clusterScopedName" . }}
