@@ -333,6 +333,14 @@ async fn integration_lifecycle_under_the_chart_rbac() -> anyhow::Result<()> {
             .await?;
     }
     wait_binding_counts(admin, "pod counts", 2, 1).await?;
+    let unserved = format!(
+        "civic_operator_opted_in_pods_without_sidecar{{integration=\"{CI_NAME}\",integration_namespace=\"{TEAM}\"}}"
+    );
+    let ready = format!(
+        "civic_operator_integration_ready{{integration=\"{CI_NAME}\",integration_namespace=\"{TEAM}\"}}"
+    );
+    assert_eq!(op.metric(&unserved).await?, 1.0, "agent-2 runs without");
+    assert_eq!(op.metric(&ready).await?, 1.0);
 
     // A pod that terminates leaves the counts: it drops out of the watch's live-phase field
     // selector, which the apiserver reports as a deletion.
@@ -344,6 +352,7 @@ async fn integration_lifecycle_under_the_chart_rbac() -> anyhow::Result<()> {
         )
         .await?;
     wait_binding_counts(admin, "pod counts after a pod terminated", 1, 1).await?;
+    assert_eq!(op.metric(&unserved).await?, 0.0);
 
     // `kubectl get civic` columns, as the apiserver renders them (a server-side Table).
     let table = printed_table(admin).await?;
