@@ -259,8 +259,7 @@ pub fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::annotations::{INJECT_ENABLED, INJECT_LABEL};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use crate::testing::{binding, pod_meta as pod};
 
