@@ -9,7 +9,8 @@
 //!   the hub would: after [`IDLE_TIMEOUT`], or sooner once the hub was seen closing idle
 //!   connections sooner, so a request is not written into a connection the hub is closing.
 //! - **Warm**: a maintainer task connects at start and reconnects, with backoff, whenever no
-//!   usable connection is left, so a request never waits for a handshake while one exists.
+//!   usable connection is left, so a request never waits for a handshake while one exists; it
+//!   stops reconnecting once nothing used the pool for [`STAY_WARM`].
 //!   Requests that find nothing usable while a connection is being opened wait for it (HTTP/2)
 //!   instead of each opening their own.
 
@@ -43,6 +44,12 @@ pub const RECONNECT: Backoff = Backoff {
     max: Duration::from_secs(30),
     jitter: Jitter::Equal,
 };
+
+/// The maintainer keeps a connection warm for this long after the last request (or the start).
+/// Past it, an idle sidecar lets its connections go instead of reopening one every
+/// [`IDLE_TIMEOUT`] for nobody (a TLS handshake with the hub per sidecar, forever); the next
+/// request connects and the pool is kept warm again.
+pub const STAY_WARM: Duration = Duration::from_secs(600);
 
 /// How often the maintainer looks for idle connections to close without other news.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -87,6 +94,8 @@ struct State {
     /// Failed connects so far, and the last one's error (for the requests that waited on it).
     failures: u64,
     last_failure: Option<Failure>,
+    /// When the last request (or the start) asked for a connection.
+    last_use: Option<Instant>,
 }
 
 /// Why a connect failed, kept for the requests that waited for it.
@@ -113,6 +122,12 @@ impl Failure {
 }
 
 impl State {
+    /// Whether the maintainer should reopen a connection now: used within [`STAY_WARM`].
+    fn stays_warm(&self, now: Instant) -> bool {
+        self.last_use
+            .is_some_and(|used| now.saturating_duration_since(used) < STAY_WARM)
+    }
+
     /// How long an HTTP/1.1 connection may stay idle and still be used: [`IDLE_TIMEOUT`], or
     /// three quarters of the idle timeout the hub showed, if shorter.
     fn idle_limit(&self) -> Duration {
@@ -224,7 +239,11 @@ impl Pool {
     pub fn start(&self) -> JoinHandle<()> {
         // Counted before the task runs: a request arriving first waits for this connect
         // instead of opening a second connection.
-        self.inner.lock().connecting += 1;
+        {
+            let mut state = self.inner.lock();
+            state.connecting += 1;
+            state.last_use = Some(Instant::now());
+        }
         tokio::spawn(maintain(self.inner.clone()))
     }
 
@@ -306,6 +325,7 @@ impl Pool {
         loop {
             let notified = {
                 let mut state = self.inner.lock();
+                state.last_use = Some(Instant::now());
                 state.h2.retain(|c| !c.sender.is_closed());
                 if let Some(c) = state
                     .h2
@@ -459,8 +479,9 @@ impl Inner {
     }
 }
 
-/// Keeps one usable connection open: connects at start, after the last one closed or was
-/// taken, and retries with backoff while the hub cannot be reached.
+/// Keeps one usable connection open while the pool is in use ([`STAY_WARM`]): connects at start,
+/// after the last one closed or was taken, and retries with backoff while the hub cannot be
+/// reached.
 async fn maintain(inner: Arc<Inner>) {
     let mut retries = RECONNECT.retries();
     // The first connect was counted by `Pool::start`.
@@ -472,7 +493,7 @@ async fn maintain(inner: Arc<Inner>) {
         let start = std::mem::take(&mut first)
             || !warm && {
                 let mut state = inner.lock();
-                let idle = state.connecting == 0;
+                let idle = state.connecting == 0 && state.stays_warm(now);
                 if idle {
                     state.connecting += 1;
                 }
@@ -501,6 +522,16 @@ async fn maintain(inner: Arc<Inner>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stays_warm_only_while_used() {
+        let now = Instant::now();
+        let mut state = State::default();
+        assert!(!state.stays_warm(now), "never used");
+        state.last_use = Some(now);
+        assert!(state.stays_warm(now + STAY_WARM - Duration::from_secs(1)));
+        assert!(!state.stays_warm(now + STAY_WARM));
+    }
 
     #[test]
     fn idle_limit_stays_below_the_hub_idle_timeout() {
