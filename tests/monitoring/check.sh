@@ -44,6 +44,16 @@ if promtool check rules "$work/rules.yaml" >"$work/check.log" 2>&1; then
 else
   cat "$work/check.log" >&2; bad "promtool check rules"
 fi
+# With every rule value set (selector, extra labels, thresholds) the rules must still load.
+helm template civic-mcp charts/civic-mcp --namespace civic-system -f tests/chart/values-production.yaml \
+  --set metrics.prometheusRule.tokenExpirySeconds=90 --set metrics.prometheusRule.webhookLatencySeconds=0.25 \
+  --show-only templates/prometheusrule.yaml |
+  "$venv/bin/python" -c 'import sys, yaml; yaml.safe_dump(yaml.safe_load(sys.stdin)["spec"], sys.stdout)' >"$work/rules-set.yaml"
+if promtool check rules "$work/rules-set.yaml" >"$work/check.log" 2>&1; then
+  ok "promtool check rules with tests/chart/values-production.yaml and thresholds set"
+else
+  cat "$work/check.log" >&2; bad "promtool check rules with tests/chart/values-production.yaml"
+fi
 cp tests/monitoring/rules.test.yaml "$work/"
 if promtool test rules "$work/rules.test.yaml" >"$work/test.log" 2>&1; then
   ok "promtool test rules: every alert pending, firing and clearing as tests/monitoring/rules.test.yaml says"

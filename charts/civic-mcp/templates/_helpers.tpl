@@ -139,3 +139,11 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
+
+{{/* An alert's labels: its severity (first of the list) and metrics.prometheusRule.alertLabels. */}}
+{{- define "civic-mcp.alertLabels" -}}
+severity: {{ index . 0 }}
+{{- with index . 1 }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
