@@ -131,6 +131,9 @@ fi
 reject policy.allowedTokenHosts --set 'policy.allowedTokenHosts={https://auth.civic.com}'
 reject policy.allowedSidecarImages --set 'policy.allowedSidecarImages={a b}'
 reject controller.secretNamespaces --set 'controller.secretNamespaces={Team_A}'
+reject metrics.prometheusRule.requestErrorRatio --set metrics.prometheusRule.requestErrorRatio=lots
+reject metrics.prometheusRule.sidecarSelector --set-string 'metrics.prometheusRule.sidecarSelector=job="a"} or vector(1)'
+reject metrics.dashboard.namespace --set metrics.dashboard.namespace=Monitoring
 
 # 5. Two releases never share an object: the same release name in two namespaces (the second
 # with its CRD managed by the first), and two release names in one namespace. Only the CRD, which
