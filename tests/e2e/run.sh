@@ -16,7 +16,9 @@
 #      show the sidecar started before the apps;
 #   3. initialize / tools/list / tools/call through the sidecar to the fakes, with a token
 #      locked to the binding's profile for the pod's own ServiceAccount (the fake Civic Auth
-#      verifies the projected token against the cluster's JWKS when it can);
+#      verifies the projected token against the cluster's JWKS when it can); the sidecar's and
+#      the leader's metrics, scraped through the pod proxy, lint clean (promtool) and hold what
+#      the chart's alerts read (no alert would fire);
 #   4. a client-secret rotation is picked up with no container restart, and so is the kubelet's
 #      refresh of the projected subject token (600 s, the shortest Kubernetes allows: refreshed
 #      at 80 %, so this check waits about eight minutes, overlapped with the rest of the suite);
@@ -441,6 +443,33 @@ bound_pods() {
 }
 retry 90 3 bound_pods || die "status.bindings does not count the injected pod"
 pass "status: app binding matchedPods=1 injectedPods=1"
+
+log "metrics the chart's alerts read, scraped from the pods as Prometheus would"
+# Through the apiserver's pod proxy: the same path on any cluster.
+scrape() { kubectl get --raw "/api/v1/namespaces/$1/pods/$2:$3/proxy/metrics"; }
+sample() { # $1 exposition, $2 series as exposed: prints its value
+  awk -v s="$2" '$1 == s { print $2 }' <<<"$1"
+}
+sidecar_metrics=$(scrape "$APP_NS" "$pod" 8932)
+operator_metrics=$(scrape "$OPERATOR_NS" "$(leader)" 8080)
+if command -v promtool >/dev/null; then
+  for m in sidecar operator; do
+    var="${m}_metrics"
+    promtool check metrics <<<"${!var}" || die "promtool check metrics finds problems in the $m's exposition"
+  done
+else
+  echo "promtool not installed: exposition lint skipped (scripts/setup.sh installs it)" >&2
+fi
+grep -qE '^civic_sidecar_exchanges_total\{profile="default",result="ok"\} [1-9]' <<<"$sidecar_metrics" ||
+  die "the sidecar counts no successful exchange: $(grep exchanges_total <<<"$sidecar_metrics")"
+expiry=$(sample "$sidecar_metrics" civic_sidecar_token_expiry_seconds)
+awk -v e="$expiry" 'BEGIN { exit !(e > 120) }' || die "token expiry $expiry s: CivicSidecarTokenExpiring would fire"
+series="{integration=\"e2e\",integration_namespace=\"$APP_NS\"}"
+[ "$(sample "$operator_metrics" "civic_operator_integration_ready$series")" = 1 ] ||
+  die "civic_operator_integration_ready$series is not 1 on the leader"
+[ "$(sample "$operator_metrics" "civic_operator_opted_in_pods_without_sidecar$series")" = 0 ] ||
+  die "civic_operator_opted_in_pods_without_sidecar$series is not 0 on the leader"
+pass "sidecar and leader expositions lint clean; exchanges ok, token expiry ${expiry}s, integration Ready=1 with 0 pods lacking the sidecar: no alert would fire"
 
 # ---------------------------------------------------------------------------------------------
 log "client-secret rotation without a restart"
