@@ -2,9 +2,11 @@
 # Side-by-side benchmark: civic-sidecar vs nginx vs the upstream reached directly, the token
 # cache under load and the webhook handler (docs/architecture.md §7, docs/performance.md).
 # Builds release binaries, installs nginx and wrk from Debian if missing, runs civic-bench.
-# Usage: scripts/bench.sh [--quick] [--pin-cpu 1] [--only proxy,memory,tokens,webhook] [...]
+# Usage: scripts/bench.sh [--quick] [--pin-cpu 1] [--only proxy,memory,memory-h2,tokens,webhook,wan] [...]
 #        CIVIC_BENCH_MUSL=1 scripts/bench.sh ...   measure the static musl sidecar the image ships
-# Writes target/bench/latest.json and target/bench/latest.md. Not part of the default tests.
+# Writes target/bench/latest.json and target/bench/latest.md (under CARGO_TARGET_DIR when set).
+# Not part of the default tests. The wan scenario also drives the official Python MCP client
+# (tests/peers/install.sh sets it up; without it only the Rust client's cells are measured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +24,8 @@ echo "== building release binaries" >&2
 # and the sidecar binary would carry the bench's (bigger, slower to start) instead of what ships.
 cargo build --release --locked -p civic-sidecar >&2
 cargo build --release --locked -p civic-bench >&2
-sidecar=target/release/civic-sidecar
+target="${CARGO_TARGET_DIR:-target}"
+sidecar="$target/release/civic-sidecar"
 if [ "${CIVIC_BENCH_MUSL:-0}" = 1 ]; then
   musl=x86_64-unknown-linux-musl
   rustup target list --installed | grep -qx "$musl" || rustup target add "$musl" >&2
@@ -38,4 +41,8 @@ fi
 ulimit -n 65536 2>/dev/null || ulimit -n 16384 2>/dev/null || true
 
 uptime >&2
-exec target/release/civic-bench --sidecar-bin "$sidecar" "$@"
+if [ ! -x tests/peers/.venv/bin/python ] && [[ " $* " != *" --only "* || "$*" == *wan* ]]; then
+  bash tests/peers/install.sh >&2 || echo "bench: no Python MCP peer; wan measures the Rust client only" >&2
+fi
+
+exec "$target/release/civic-bench" --sidecar-bin "$sidecar" "$@"

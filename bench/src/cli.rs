@@ -39,7 +39,8 @@ pub struct Cli {
     #[arg(long, default_value_t = 32)]
     pub connections: usize,
 
-    /// Scenarios to run, comma-separated: proxy, memory, tokens, webhook (default: all).
+    /// Scenarios to run, comma-separated: proxy, memory, memory-h2, tokens, webhook, wan
+    /// (default: all; `memory` includes `memory-h2`).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 
@@ -99,6 +100,9 @@ pub struct Plan {
     #[serde(serialize_with = "crate::stats::secs")]
     pub outage_recovery_window: Duration,
     pub webhook_iterations: usize,
+    /// Timed tool calls per cell of the `wan` scenario, after `wan_warmup` untimed ones.
+    pub wan_calls: usize,
+    pub wan_warmup: usize,
 }
 
 impl Plan {
@@ -140,6 +144,8 @@ impl Plan {
             outage_rate: 200.0,
             outage_recovery_window: if quick { s(5) } else { s(10) },
             webhook_iterations: if quick { 5_000 } else { 20_000 },
+            wan_calls: if quick { 15 } else { 40 },
+            wan_warmup: if quick { 3 } else { 5 },
         }
     }
 }

@@ -29,7 +29,7 @@ use civic_testkit::{FakeCivicAuth, TestCa};
 use crate::cli::{Cli, Plan};
 use crate::error::{BenchError, Result};
 use crate::report::{Machine, RECONCILE_SOURCE, Reconcile, Report};
-use crate::scenarios::{Env, memory, proxy, tokens, webhook};
+use crate::scenarios::{Env, memory, proxy, tokens, wan, webhook};
 use crate::sidecar::Launch;
 use crate::upstream::Upstream;
 use crate::wrk::Wrk;
@@ -116,6 +116,18 @@ pub async fn run(cli: &Cli) -> Result<Report> {
     } else {
         None
     };
+    let memory_h2 = if cli.wants("memory") || cli.wants("memory-h2") {
+        eprintln!("== memory: SSE streams through the sidecar to an HTTP/2 hub over TLS");
+        Some(memory::run_h2(&env, &auth).await?)
+    } else {
+        None
+    };
+    let wan = if cli.wants("wan") {
+        eprintln!("== WAN: per-tool-call latency, hub 40 ms away, direct / sidecar");
+        Some(wan::run(&env, &auth).await?)
+    } else {
+        None
+    };
     let tokens = if cli.wants("tokens") {
         eprintln!("== token cache: cold callers, refresh under load, outage");
         Some(tokens::run(&env).await?)
@@ -154,8 +166,10 @@ pub async fn run(cli: &Cli) -> Result<Report> {
         plan,
         proxy,
         memory,
+        memory_h2,
         tokens,
         webhook,
+        wan,
         noop_reconcile: Reconcile {
             api_writes: None,
             source: RECONCILE_SOURCE,

@@ -6,9 +6,10 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::cli::Plan;
-use crate::scenarios::memory::MemoryFigures;
+use crate::scenarios::memory::{MemoryFigures, SseH2Figures};
 use crate::scenarios::proxy::{ProxyFigures, ProxyOutcome};
 use crate::scenarios::tokens::TokenFigures;
+use crate::scenarios::wan::{self, Mode, WanFigures};
 use crate::scenarios::webhook::WebhookFigures;
 use crate::stats::Spread;
 
@@ -76,8 +77,10 @@ pub struct Report {
     pub plan: Plan,
     pub proxy: Option<ProxyOutcome>,
     pub memory: Option<Vec<MemoryFigures>>,
+    pub memory_h2: Option<SseH2Figures>,
     pub tokens: Option<TokenFigures>,
     pub webhook: Option<WebhookFigures>,
+    pub wan: Option<WanFigures>,
     pub noop_reconcile: Reconcile,
     pub goals: Vec<Goal>,
 }
@@ -216,6 +219,74 @@ impl Report {
                 ));
                 goals.push(missing("sidecar RSS creep over 3 load cycles", "≤ 0.5 MiB"));
             }
+        }
+        match &self.memory_h2 {
+            Some(m) => {
+                let per = Spread::of(m.sse_per_stream_kib.clone());
+                let all_open = m
+                    .sse_streams_opened
+                    .iter()
+                    .all(|n| *n as usize == self.plan.sse_streams);
+                goals.push(Goal {
+                    goal: "sidecar RSS per open SSE stream, hub on HTTP/2 over TLS, events lost",
+                    target: "≤ 24 KiB, 0 lost",
+                    measured: format!(
+                        "{} KiB per stream ({} streams on {} hub connection(s), all h2: {}); {} of {} events lost",
+                        per.show(1),
+                        self.plan.sse_streams,
+                        m.hub_connections,
+                        m.all_h2,
+                        m.sse_events_lost,
+                        m.sse_events_expected.iter().sum::<u64>()
+                    ),
+                    status: Status::from(
+                        per.max <= 24.0 && m.sse_events_lost == 0 && all_open && m.all_h2,
+                    ),
+                });
+            }
+            None => goals.push(missing(
+                "sidecar RSS per open SSE stream, hub on HTTP/2 over TLS, events lost",
+                "≤ 24 KiB, 0 lost",
+            )),
+        }
+        let wan_goals = [
+            (
+                Mode::SessionPerCall,
+                "WAN (40 ms RTT), new MCP session per tool call: sidecar p50",
+                "≤ direct p50 − 40 ms",
+            ),
+            (
+                Mode::LongLived,
+                "WAN (40 ms RTT), one long-lived session: sidecar p50",
+                "≤ direct p50 + 1 ms",
+            ),
+        ];
+        for (mode, goal, target) in wan_goals {
+            goals.push(match &self.wan {
+                Some(w) => {
+                    let checks = wan::goal_checks(w, mode);
+                    Goal {
+                        goal,
+                        target,
+                        measured: checks
+                            .iter()
+                            .map(|(client, hub, p50, limit, met)| {
+                                format!(
+                                    "{client}, {hub} hub: {p50:.1} ms vs ≤ {limit:.1} ms{}",
+                                    if *met { "" } else { " (gap)" }
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                        status: if checks.is_empty() {
+                            Status::NotMeasured
+                        } else {
+                            Status::from(checks.iter().all(|c| c.4))
+                        },
+                    }
+                }
+                None => missing(goal, target),
+            });
         }
         match &self.tokens {
             Some(t) => {
@@ -473,6 +544,43 @@ impl Report {
                         self.plan.memory_cycles
                     ),
                     format!("{:+} / {:+}", n.creep_kib, s.creep_kib),
+                ]);
+            }
+        }
+        if let Some(m) = &self.memory_h2 {
+            rows.push([
+                format!(
+                    "sidecar RSS per open SSE stream ({} streams), hub on HTTP/2 over TLS, KiB",
+                    self.plan.sse_streams
+                ),
+                format!(
+                    "{} (idle {:.2} MiB; {} hub connection(s); events {} / {})",
+                    Spread::of(m.sse_per_stream_kib.clone()).show(1),
+                    m.idle_kib as f64 / 1024.0,
+                    m.hub_connections,
+                    m.sse_events_received.iter().sum::<u64>(),
+                    m.sse_events_expected.iter().sum::<u64>()
+                ),
+            ]);
+        }
+        if let Some(w) = &self.wan {
+            for c in &w.cells {
+                rows.push([
+                    format!(
+                        "WAN {:.0} ms RTT, per tool call p50 / p90, ms: {} client, {}, {} hub, {}",
+                        w.rtt_ms,
+                        c.client,
+                        c.mode.name(),
+                        c.hub,
+                        c.path
+                    ),
+                    match &c.error {
+                        None => format!(
+                            "{:.1} / {:.1} ({} calls; {} hub connection(s))",
+                            c.p50_ms, c.p90_ms, c.calls, c.hub_connections
+                        ),
+                        Some(e) => format!("failed: {e}"),
+                    },
                 ]);
             }
         }

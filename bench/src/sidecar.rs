@@ -45,6 +45,22 @@ impl Launch {
         subject: Subject,
         dir: &TempDir,
     ) -> Result<SidecarProcess> {
+        self.spawn_with(name, hub_url, ca_file, auth, subject, dir, &[])
+            .await
+    }
+
+    /// [`Launch::spawn`] with extra environment variables.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn spawn_with(
+        &self,
+        name: &str,
+        hub_url: &str,
+        ca_file: Option<&Path>,
+        auth: &FakeCivicAuth,
+        subject: Subject,
+        dir: &TempDir,
+        extra_env: &[(&str, &str)],
+    ) -> Result<SidecarProcess> {
         let mut b = match &self.pin {
             Some((taskset, cpus)) => SidecarBuilder::new(taskset, name)
                 .arg("-c")
@@ -72,6 +88,9 @@ impl Launch {
             }
             Subject::Header(h) => b.env("CIVIC_SUBJECT_HEADER", h),
         };
+        for (k, v) in extra_env {
+            b = b.env(k, v);
+        }
         b.spawn()
             .await
             .map_err(|e| BenchError::setup("start civic-sidecar", e))

@@ -7,6 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use civic_testkit::DelayRelay;
 use civic_testkit::client;
 use civic_testkit::hub::{HubReply, SseStep, sse_message};
 use common::{HubProtocol, Setup, eventually};
@@ -289,73 +290,6 @@ async fn reconnect_resumes_the_tls_session() {
     }
 }
 
-/// A TCP relay that holds every chunk `one_way` in each direction: a hub twice that far away.
-struct DelayRelay {
-    addr: std::net::SocketAddr,
-    target: std::sync::Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
-}
-
-impl DelayRelay {
-    async fn start(one_way: Duration) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let target = std::sync::Arc::new(std::sync::Mutex::new(None));
-        let t = target.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Some(to) = *t.lock().unwrap() else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let Ok(upstream) = tokio::net::TcpStream::connect(to).await else {
-                        return;
-                    };
-                    let _ = client.set_nodelay(true);
-                    let _ = upstream.set_nodelay(true);
-                    let (cr, cw) = client.into_split();
-                    let (ur, uw) = upstream.into_split();
-                    tokio::join!(
-                        Self::delayed(cr, uw, one_way),
-                        Self::delayed(ur, cw, one_way)
-                    );
-                });
-            }
-        });
-        Self { addr, target }
-    }
-
-    /// Copies `from` to `to`, each chunk `delay` after it was read, in order.
-    async fn delayed(
-        mut from: tokio::net::tcp::OwnedReadHalf,
-        mut to: tokio::net::tcp::OwnedWriteHalf,
-        delay: Duration,
-    ) {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-        let reader = async move {
-            let mut buf = vec![0u8; 64 * 1024];
-            while let Ok(n) = from.read(&mut buf).await {
-                if n == 0
-                    || tx
-                        .send((Instant::now() + delay, buf[..n].to_vec()))
-                        .is_err()
-                {
-                    break;
-                }
-            }
-        };
-        let writer = async move {
-            while let Some((at, data)) = rx.recv().await {
-                tokio::time::sleep_until(at.into()).await;
-                if to.write_all(&data).await.is_err() {
-                    break;
-                }
-            }
-            let _ = to.shutdown().await;
-        };
-        tokio::join!(reader, writer);
-    }
-}
-
 fn median_ms(mut v: Vec<Duration>) -> f64 {
     v.sort();
     v[v.len() / 2].as_secs_f64() * 1000.0
@@ -417,19 +351,19 @@ async fn latency_to_a_hub_40ms_away() {
             .unwrap_or(20),
     );
     for protocol in [HubProtocol::H2, HubProtocol::Http1] {
-        let relay = DelayRelay::start(one_way).await;
+        let relay = DelayRelay::start(one_way).await.unwrap();
         let env = Setup::new("latency_to_a_hub_40ms_away")
             .hub_protocol(protocol)
             .tls()
-            .hub_url(format!("https://localhost:{}/hub/mcp", relay.addr.port()))
+            .hub_url(format!("https://localhost:{}/hub/mcp", relay.addr().port()))
             .start_with(|_, hub| {
-                *relay.target.lock().unwrap() = Some(hub.addr());
+                relay.set_target(hub.addr());
                 hub.set_validator(|_| true);
             })
             .await
             .unwrap();
         let ca = env.ca.as_ref().unwrap();
-        let port = relay.addr.port();
+        let port = relay.addr().port();
         let mut figures = Vec::new();
         // Connections the direct client opens (the fake hub counts them too).
         let direct = if protocol == HubProtocol::H2 {
@@ -441,12 +375,12 @@ async fn latency_to_a_hub_40ms_away() {
             let mut new_conn = Vec::new();
             for _ in 0..N {
                 let t = Instant::now();
-                let mut sender = direct_h2(ca, relay.addr).await;
+                let mut sender = direct_h2(ca, relay.addr()).await;
                 direct_call(&mut sender, port).await;
                 new_conn.push(t.elapsed());
             }
             figures.push(("direct h2, new connection per call", median_ms(new_conn)));
-            let mut sender = direct_h2(ca, relay.addr).await;
+            let mut sender = direct_h2(ca, relay.addr()).await;
             let mut kept = Vec::new();
             for _ in 0..N {
                 let t = Instant::now();

@@ -1,12 +1,13 @@
 //! Resident memory of nginx's worker and of the sidecar: idle, under small-body load, with 50
 //! concurrent 1 MiB responses, per open SSE stream (1,000 streams, every event counted), and the
 //! creep between the first and the last of three such load cycles. Fresh processes, plain
-//! upstream.
+//! upstream; and ([`run_h2`]) the sidecar's RSS per SSE stream with the hub on HTTP/2 over TLS.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use civic_testkit::FakeCivicAuth;
+use civic_testkit::hub::{HubReply, RecordedRequest, SseStep};
+use civic_testkit::{FakeCivicAuth, FakeHub};
 use http::Method;
 use serde::Serialize;
 use tokio::task::JoinSet;
@@ -233,4 +234,130 @@ async fn sse_streams(
         }
     }
     Ok((opened, received))
+}
+
+/// The sidecar's RSS per open SSE stream when the hub speaks HTTP/2 over TLS (the testkit's
+/// fake hub offering h2, `CIVIC_HUB_PROTOCOL=auto`): the streams share the pool's HTTP/2
+/// connections (at most 100 streams each) instead of one hub connection per stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct SseH2Figures {
+    pub idle_kib: u64,
+    pub sse_before_kib: Vec<u64>,
+    pub sse_peak_kib: Vec<u64>,
+    /// (peak with all streams open − RSS just before) ÷ streams.
+    pub sse_per_stream_kib: Vec<f64>,
+    pub sse_streams_opened: Vec<u64>,
+    pub sse_events_expected: Vec<u64>,
+    pub sse_events_received: Vec<u64>,
+    pub sse_events_lost: u64,
+    /// Hub connections the sidecar opened in all, and whether every request came over HTTP/2.
+    pub hub_connections: usize,
+    pub all_h2: bool,
+}
+
+/// The fake hub's SSE stream for `GET ?sse=N&every_ms=M`: the same events, spaced the same way,
+/// as the bench upstream's.
+fn h2_hub_reply(req: &RecordedRequest) -> HubReply {
+    if req.method != "GET" {
+        return civic_testkit::hub::default_reply(req);
+    }
+    let param = |name: &str| -> u64 {
+        req.query
+            .as_deref()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or(1)
+    };
+    let (events, every) = (param("sse"), Duration::from_millis(param("every_ms")));
+    let mut steps = Vec::new();
+    for seq in 0..events {
+        if seq > 0 {
+            steps.push(SseStep::Wait(every));
+        }
+        steps.push(SseStep::Event(format!(
+            "id: {seq}\nevent: message\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{{\"progressToken\":\"bench\",\"progress\":{seq}}}}}\n\n"
+        )));
+    }
+    HubReply::sse(steps)
+}
+
+pub async fn run_h2(env: &Env, auth: &FakeCivicAuth) -> Result<SseH2Figures> {
+    let plan = &env.plan;
+    let hub = FakeHub::start_tls(&env.ca)
+        .await
+        .map_err(|e| BenchError::setup("start the fake hub", e))?;
+    hub.set_responder(h2_hub_reply);
+    let sidecar = env
+        .launch
+        .spawn_with(
+            "bench-memory-h2",
+            &format!("https://localhost:{}/hub/mcp", hub.addr().port()),
+            Some(env.ca.ca_file()),
+            auth,
+            Subject::File,
+            &env.dir,
+            &[("CIVIC_HUB_PROTOCOL", "auto")],
+        )
+        .await?;
+    let proxy = Proxy::Sidecar(sidecar);
+    let target = proxy.target();
+    let pids = proxy.rss_pids();
+    for _ in 0..4 {
+        let mut c = target.connect().await?;
+        for _ in 0..50 {
+            let a = c.send(target.small_post()).await?;
+            if a.status != 200 {
+                return Err(BenchError::Check(format!(
+                    "sidecar (h2 hub) answered {} while warming up",
+                    a.status
+                )));
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut f = SseH2Figures {
+        idle_kib: proxy.rss_kib()?,
+        sse_before_kib: Vec::new(),
+        sse_peak_kib: Vec::new(),
+        sse_per_stream_kib: Vec::new(),
+        sse_streams_opened: Vec::new(),
+        sse_events_expected: Vec::new(),
+        sse_events_received: Vec::new(),
+        sse_events_lost: 0,
+        hub_connections: 0,
+        all_h2: false,
+    };
+    for _ in 0..plan.memory_cycles {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = proxy.rss_kib()?;
+        let expected = plan.sse_streams as u64 * plan.sse_events;
+        let (sse, peak) = with_peak_rss(
+            &pids,
+            sse_streams(&target, plan.sse_streams, plan.sse_events, plan.sse_every),
+        )
+        .await;
+        let (opened, received) = sse?;
+        f.sse_before_kib.push(before);
+        f.sse_peak_kib.push(peak);
+        f.sse_per_stream_kib
+            .push(peak.saturating_sub(before) as f64 / plan.sse_streams as f64);
+        f.sse_streams_opened.push(opened);
+        f.sse_events_expected.push(expected);
+        f.sse_events_received.push(received);
+        f.sse_events_lost += expected.saturating_sub(received);
+    }
+    f.hub_connections = hub.connections();
+    f.all_h2 = hub
+        .requests()
+        .iter()
+        .all(|r| r.version == http::Version::HTTP_2);
+    eprintln!(
+        "  sidecar, h2 hub: idle {} KiB, per SSE stream {:?} KiB, lost events {}, {} hub connection(s), all h2: {}",
+        f.idle_kib, f.sse_per_stream_kib, f.sse_events_lost, f.hub_connections, f.all_h2
+    );
+    if let Proxy::Sidecar(s) = proxy {
+        s.finish();
+    }
+    Ok(f)
 }

@@ -4,11 +4,13 @@
 //! - [`proxy`]: throughput, CPU per request and added latency, direct / nginx / sidecar;
 //! - [`memory`]: RSS idle, under load, with large responses, per SSE stream, creep;
 //! - [`tokens`]: exchanges per warm request, cold callers, refresh under load, outage;
-//! - [`webhook`]: the admission handler's latency for a typical pod.
+//! - [`webhook`]: the admission handler's latency for a typical pod;
+//! - [`wan`]: per-tool-call latency with the hub 40 ms away, direct / sidecar, h2 / HTTP/1.1.
 
 pub mod memory;
 pub mod proxy;
 pub mod tokens;
+pub mod wan;
 pub mod webhook;
 
 use std::future::Future;
