@@ -184,11 +184,7 @@ impl Report {
                     measured: format!("{:.2} MiB", m.idle_kib as f64 / 1024.0),
                     status: Status::from(m.idle_kib <= 8 * 1024),
                 });
-                let per = Spread::of(m.sse_per_stream_kib.clone());
-                let all_open = m
-                    .sse_streams_opened
-                    .iter()
-                    .all(|n| *n as usize == self.plan.sse_streams);
+                let per = Spread::of(m.sse.per_stream_kib.clone());
                 goals.push(Goal {
                     goal: "sidecar RSS per open SSE stream, events lost",
                     target: "≤ 24 KiB, 0 lost",
@@ -196,10 +192,10 @@ impl Report {
                         "{} KiB per stream ({} streams); {} of {} events lost",
                         per.show(1),
                         self.plan.sse_streams,
-                        m.sse_events_lost,
-                        m.sse_events_expected.iter().sum::<u64>()
+                        m.sse.events_lost,
+                        m.sse.events_expected.iter().sum::<u64>()
                     ),
-                    status: Status::from(per.max <= 24.0 && m.sse_events_lost == 0 && all_open),
+                    status: Status::from(m.sse.meets(self.plan.sse_streams, 24.0)),
                 });
                 goals.push(Goal {
                     goal: "sidecar RSS creep over 3 load cycles",
@@ -222,11 +218,7 @@ impl Report {
         }
         match &self.memory_h2 {
             Some(m) => {
-                let per = Spread::of(m.sse_per_stream_kib.clone());
-                let all_open = m
-                    .sse_streams_opened
-                    .iter()
-                    .all(|n| *n as usize == self.plan.sse_streams);
+                let per = Spread::of(m.sse.per_stream_kib.clone());
                 goals.push(Goal {
                     goal: "sidecar RSS per open SSE stream, hub on HTTP/2 over TLS, events lost",
                     target: "≤ 24 KiB, 0 lost",
@@ -236,12 +228,10 @@ impl Report {
                         self.plan.sse_streams,
                         m.hub_connections,
                         m.all_h2,
-                        m.sse_events_lost,
-                        m.sse_events_expected.iter().sum::<u64>()
+                        m.sse.events_lost,
+                        m.sse.events_expected.iter().sum::<u64>()
                     ),
-                    status: Status::from(
-                        per.max <= 24.0 && m.sse_events_lost == 0 && all_open && m.all_h2,
-                    ),
+                    status: Status::from(m.sse.meets(self.plan.sse_streams, 24.0) && m.all_h2),
                 });
             }
             None => goals.push(missing(
@@ -524,18 +514,18 @@ impl Report {
                     ),
                     format!(
                         "{} / {}",
-                        Spread::of(n.sse_per_stream_kib.clone()).show(1),
-                        Spread::of(s.sse_per_stream_kib.clone()).show(1)
+                        Spread::of(n.sse.per_stream_kib.clone()).show(1),
+                        Spread::of(s.sse.per_stream_kib.clone()).show(1)
                     ),
                 ]);
                 rows.push([
                     "SSE events received / expected: nginx; sidecar".into(),
                     format!(
                         "{} / {}; {} / {}",
-                        n.sse_events_received.iter().sum::<u64>(),
-                        n.sse_events_expected.iter().sum::<u64>(),
-                        s.sse_events_received.iter().sum::<u64>(),
-                        s.sse_events_expected.iter().sum::<u64>()
+                        n.sse.events_received.iter().sum::<u64>(),
+                        n.sse.events_expected.iter().sum::<u64>(),
+                        s.sse.events_received.iter().sum::<u64>(),
+                        s.sse.events_expected.iter().sum::<u64>()
                     ),
                 ]);
                 rows.push([
@@ -555,11 +545,11 @@ impl Report {
                 ),
                 format!(
                     "{} (idle {:.2} MiB; {} hub connection(s); events {} / {})",
-                    Spread::of(m.sse_per_stream_kib.clone()).show(1),
+                    Spread::of(m.sse.per_stream_kib.clone()).show(1),
                     m.idle_kib as f64 / 1024.0,
                     m.hub_connections,
-                    m.sse_events_received.iter().sum::<u64>(),
-                    m.sse_events_expected.iter().sum::<u64>()
+                    m.sse.events_received.iter().sum::<u64>(),
+                    m.sse.events_expected.iter().sum::<u64>()
                 ),
             ]);
         }

@@ -1,5 +1,6 @@
-"""Shared helpers of the Python test peers: the fake Civic Auth's HS256 check and a
-header-logging ASGI wrapper. Kept in sync with civic-testkit's `secrets` module."""
+"""Shared helpers of the Python test peers: the fake Civic Auth's HS256 check, a
+header-logging ASGI wrapper and an error describer. Kept in sync with civic-testkit's `secrets`
+module."""
 
 import base64
 import hashlib
@@ -82,3 +83,10 @@ class HeaderLog:
             await send(message)
 
         await self.app(scope, receive, logging_send)
+
+
+def describe(e: BaseException) -> str:
+    """The innermost exceptions of a (possibly nested) exception group, as one line."""
+    if isinstance(e, BaseExceptionGroup):
+        return "; ".join(describe(x) for x in e.exceptions)
+    return f"{type(e).__name__}: {e}"

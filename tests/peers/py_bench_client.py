@@ -23,6 +23,8 @@ import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from peer_common import describe
+
 
 def http_client(args) -> httpx2.AsyncClient:
     kwargs = {"timeout": httpx2.Timeout(30.0, read=300.0)}
@@ -63,12 +65,6 @@ async def run(args) -> list:
                 await call(c)
                 ms.append((time.perf_counter() - t) * 1000)
     return ms
-
-
-def describe(e: BaseException) -> str:
-    if isinstance(e, BaseExceptionGroup):
-        return "; ".join(describe(x) for x in e.exceptions)
-    return f"{type(e).__name__}: {e}"
 
 
 def main():

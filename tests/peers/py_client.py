@@ -19,6 +19,8 @@ import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from peer_common import describe
+
 
 async def run(args) -> dict:
     started = time.monotonic()
@@ -46,13 +48,6 @@ async def run(args) -> dict:
     out["ok"] = True
     out["total_ms"] = round((time.monotonic() - started) * 1000, 1)
     return out
-
-
-def describe(e: BaseException) -> str:
-    """The innermost exceptions of a (possibly nested) exception group, as one line."""
-    if isinstance(e, BaseExceptionGroup):
-        return "; ".join(describe(x) for x in e.exceptions)
-    return f"{type(e).__name__}: {e}"
 
 
 def main():

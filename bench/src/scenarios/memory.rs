@@ -17,6 +17,58 @@ use crate::client::Target;
 use crate::error::{BenchError, Result};
 use crate::sidecar::Subject;
 
+/// The SSE phase of each cycle: 1,000 streams opened at once, every event counted. KiB; lists
+/// have one entry per cycle.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SseFigures {
+    #[serde(rename = "sse_before_kib")]
+    pub before_kib: Vec<u64>,
+    #[serde(rename = "sse_peak_kib")]
+    pub peak_kib: Vec<u64>,
+    /// (peak with all streams open − RSS just before) ÷ streams.
+    #[serde(rename = "sse_per_stream_kib")]
+    pub per_stream_kib: Vec<f64>,
+    #[serde(rename = "sse_streams_opened")]
+    pub streams_opened: Vec<u64>,
+    #[serde(rename = "sse_events_expected")]
+    pub events_expected: Vec<u64>,
+    #[serde(rename = "sse_events_received")]
+    pub events_received: Vec<u64>,
+    #[serde(rename = "sse_events_lost")]
+    pub events_lost: u64,
+}
+
+impl SseFigures {
+    /// Runs one cycle's SSE phase through `proxy` and records it.
+    async fn cycle(&mut self, proxy: &Proxy, plan: &crate::cli::Plan) -> Result<()> {
+        let target = proxy.target();
+        let before = proxy.rss_kib()?;
+        let expected = plan.sse_streams as u64 * plan.sse_events;
+        let (sse, peak) = with_peak_rss(
+            &proxy.rss_pids(),
+            sse_streams(&target, plan.sse_streams, plan.sse_events, plan.sse_every),
+        )
+        .await;
+        let (opened, received) = sse?;
+        self.before_kib.push(before);
+        self.peak_kib.push(peak);
+        self.per_stream_kib
+            .push(peak.saturating_sub(before) as f64 / plan.sse_streams as f64);
+        self.streams_opened.push(opened);
+        self.events_expected.push(expected);
+        self.events_received.push(received);
+        self.events_lost += expected.saturating_sub(received);
+        Ok(())
+    }
+
+    /// Every stream of every cycle opened and no event lost, within `max_kib` per stream.
+    pub fn meets(&self, streams: usize, max_kib: f64) -> bool {
+        self.events_lost == 0
+            && self.streams_opened.iter().all(|n| *n as usize == streams)
+            && self.per_stream_kib.iter().all(|k| *k <= max_kib)
+    }
+}
+
 /// One proxy's memory figures, KiB; lists have one entry per cycle.
 #[derive(Debug, Clone, Serialize)]
 pub struct MemoryFigures {
@@ -27,14 +79,8 @@ pub struct MemoryFigures {
     pub large_responses: u64,
     /// Large responses that were not 200 with exactly the expected length.
     pub large_bad: u64,
-    pub sse_before_kib: Vec<u64>,
-    pub sse_peak_kib: Vec<u64>,
-    /// (peak with all streams open − RSS just before) ÷ streams.
-    pub sse_per_stream_kib: Vec<f64>,
-    pub sse_streams_opened: Vec<u64>,
-    pub sse_events_expected: Vec<u64>,
-    pub sse_events_received: Vec<u64>,
-    pub sse_events_lost: u64,
+    #[serde(flatten)]
+    pub sse: SseFigures,
     pub after_cycle_kib: Vec<u64>,
     /// RSS after the last cycle − after the first.
     pub creep_kib: i64,
@@ -58,12 +104,13 @@ pub async fn run(env: &Env, auth: &FakeCivicAuth) -> Result<Vec<MemoryFigures>> 
             name,
             figures.idle_kib,
             figures
-                .sse_per_stream_kib
+                .sse
+                .per_stream_kib
                 .first()
                 .copied()
                 .unwrap_or(f64::NAN),
             figures.creep_kib,
-            figures.sse_events_lost
+            figures.sse.events_lost
         );
         out.push(figures);
     }
@@ -96,13 +143,7 @@ async fn measure(env: &Env, proxy: &Proxy) -> Result<MemoryFigures> {
         large_peak_kib: Vec::new(),
         large_responses: 0,
         large_bad: 0,
-        sse_before_kib: Vec::new(),
-        sse_peak_kib: Vec::new(),
-        sse_per_stream_kib: Vec::new(),
-        sse_streams_opened: Vec::new(),
-        sse_events_expected: Vec::new(),
-        sse_events_received: Vec::new(),
-        sse_events_lost: 0,
+        sse: SseFigures::default(),
         after_cycle_kib: Vec::new(),
         creep_kib: 0,
         master_kib: match proxy {
@@ -114,22 +155,7 @@ async fn measure(env: &Env, proxy: &Proxy) -> Result<MemoryFigures> {
         // SSE streams first: in the first cycle they are measured on the warmed-up idle heap,
         // not on what the large responses left behind.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let before = proxy.rss_kib()?;
-        let expected = plan.sse_streams as u64 * plan.sse_events;
-        let (sse, peak) = with_peak_rss(
-            &pids,
-            sse_streams(&target, plan.sse_streams, plan.sse_events, plan.sse_every),
-        )
-        .await;
-        let (opened, received) = sse?;
-        f.sse_before_kib.push(before);
-        f.sse_peak_kib.push(peak);
-        f.sse_per_stream_kib
-            .push(peak.saturating_sub(before) as f64 / plan.sse_streams as f64);
-        f.sse_streams_opened.push(opened);
-        f.sse_events_expected.push(expected);
-        f.sse_events_received.push(received);
-        f.sse_events_lost += expected.saturating_sub(received);
+        f.sse.cycle(proxy, plan).await?;
 
         let (load, peak) = with_peak_rss(
             &pids,
@@ -242,14 +268,8 @@ async fn sse_streams(
 #[derive(Debug, Clone, Serialize)]
 pub struct SseH2Figures {
     pub idle_kib: u64,
-    pub sse_before_kib: Vec<u64>,
-    pub sse_peak_kib: Vec<u64>,
-    /// (peak with all streams open − RSS just before) ÷ streams.
-    pub sse_per_stream_kib: Vec<f64>,
-    pub sse_streams_opened: Vec<u64>,
-    pub sse_events_expected: Vec<u64>,
-    pub sse_events_received: Vec<u64>,
-    pub sse_events_lost: u64,
+    #[serde(flatten)]
+    pub sse: SseFigures,
     /// Hub connections the sidecar opened in all, and whether every request came over HTTP/2.
     pub hub_connections: usize,
     pub all_h2: bool,
@@ -289,20 +309,14 @@ pub async fn run_h2(env: &Env, auth: &FakeCivicAuth) -> Result<SseH2Figures> {
         .map_err(|e| BenchError::setup("start the fake hub", e))?;
     hub.set_responder(h2_hub_reply);
     let sidecar = env
-        .launch
-        .spawn_with(
-            "bench-memory-h2",
+        .start_sidecar_for_hub(
+            "memory-h2",
             &format!("https://localhost:{}/hub/mcp", hub.addr().port()),
-            Some(env.ca.ca_file()),
             auth,
-            Subject::File,
-            &env.dir,
-            &[("CIVIC_HUB_PROTOCOL", "auto")],
         )
         .await?;
     let proxy = Proxy::Sidecar(sidecar);
     let target = proxy.target();
-    let pids = proxy.rss_pids();
     for _ in 0..4 {
         let mut c = target.connect().await?;
         for _ in 0..50 {
@@ -318,34 +332,13 @@ pub async fn run_h2(env: &Env, auth: &FakeCivicAuth) -> Result<SseH2Figures> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut f = SseH2Figures {
         idle_kib: proxy.rss_kib()?,
-        sse_before_kib: Vec::new(),
-        sse_peak_kib: Vec::new(),
-        sse_per_stream_kib: Vec::new(),
-        sse_streams_opened: Vec::new(),
-        sse_events_expected: Vec::new(),
-        sse_events_received: Vec::new(),
-        sse_events_lost: 0,
+        sse: SseFigures::default(),
         hub_connections: 0,
         all_h2: false,
     };
     for _ in 0..plan.memory_cycles {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let before = proxy.rss_kib()?;
-        let expected = plan.sse_streams as u64 * plan.sse_events;
-        let (sse, peak) = with_peak_rss(
-            &pids,
-            sse_streams(&target, plan.sse_streams, plan.sse_events, plan.sse_every),
-        )
-        .await;
-        let (opened, received) = sse?;
-        f.sse_before_kib.push(before);
-        f.sse_peak_kib.push(peak);
-        f.sse_per_stream_kib
-            .push(peak.saturating_sub(before) as f64 / plan.sse_streams as f64);
-        f.sse_streams_opened.push(opened);
-        f.sse_events_expected.push(expected);
-        f.sse_events_received.push(received);
-        f.sse_events_lost += expected.saturating_sub(received);
+        f.sse.cycle(&proxy, plan).await?;
     }
     f.hub_connections = hub.connections();
     f.all_h2 = hub
@@ -354,7 +347,7 @@ pub async fn run_h2(env: &Env, auth: &FakeCivicAuth) -> Result<SseH2Figures> {
         .all(|r| r.version == http::Version::HTTP_2);
     eprintln!(
         "  sidecar, h2 hub: idle {} KiB, per SSE stream {:?} KiB, lost events {}, {} hub connection(s), all h2: {}",
-        f.idle_kib, f.sse_per_stream_kib, f.sse_events_lost, f.hub_connections, f.all_h2
+        f.idle_kib, f.sse.per_stream_kib, f.sse.events_lost, f.hub_connections, f.all_h2
     );
     if let Proxy::Sidecar(s) = proxy {
         s.finish();

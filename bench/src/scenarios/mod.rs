@@ -120,6 +120,27 @@ impl Env {
             )
             .await
     }
+
+    /// A sidecar in front of a TLS fake hub at `hub_url` (trusting this run's CA), on the
+    /// protocol the hub's ALPN offers (`CIVIC_HUB_PROTOCOL=auto`).
+    pub async fn start_sidecar_for_hub(
+        &self,
+        label: &str,
+        hub_url: &str,
+        auth: &FakeCivicAuth,
+    ) -> Result<SidecarProcess> {
+        self.launch
+            .spawn_with(
+                &format!("bench-{label}"),
+                hub_url,
+                Some(self.ca.ca_file()),
+                auth,
+                Subject::File,
+                &self.dir,
+                &[("CIVIC_HUB_PROTOCOL", "auto")],
+            )
+            .await
+    }
 }
 
 /// A proxy under test.

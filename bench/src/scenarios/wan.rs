@@ -30,7 +30,6 @@ use serde_json::{Value, json};
 
 use super::Env;
 use crate::error::{BenchError, Result};
-use crate::sidecar::Subject;
 
 /// One-way delay of the relay: 40 ms round trip.
 pub const ONE_WAY: Duration = Duration::from_millis(20);
@@ -163,16 +162,7 @@ impl Site {
         let name = if h2 { "h2" } else { "http1" };
         let url = format!("https://localhost:{}/hub/mcp", relay.addr().port());
         let sidecar = env
-            .launch
-            .spawn_with(
-                &format!("bench-wan-{name}"),
-                &url,
-                Some(env.ca.ca_file()),
-                auth,
-                Subject::File,
-                &env.dir,
-                &[("CIVIC_HUB_PROTOCOL", "auto")],
-            )
+            .start_sidecar_for_hub(&format!("wan-{name}"), &url, auth)
             .await?;
         Ok(Self {
             name,
