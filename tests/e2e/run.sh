@@ -217,11 +217,27 @@ kubectl -n "$FAKES_NS" rollout status deploy/civic-fakes --timeout=120s
 pass "fakes running; Civic Auth trusts issuer $issuer with the cluster's $(jq '.keys | length' "$work/jwks.json") JWKS key(s)"
 
 # The fakes' control port through the apiserver's service proxy: the same path on any cluster.
+# The proxy may write into a keep-alive connection the fakes just closed ("error trying to reach
+# service: ... broken pipe"); every control call is idempotent, so each is tried up to 3 times.
+fakes_url="/api/v1/namespaces/$FAKES_NS/services/http:civic-fakes-control:80/proxy"
 fakes_stats() {
-  kubectl get --raw "/api/v1/namespaces/$FAKES_NS/services/http:civic-fakes-control:80/proxy/stats"
+  local attempt
+  for attempt in 1 2 3; do
+    kubectl get --raw "$fakes_url/stats" && return 0
+    echo "fakes: GET /stats failed (attempt $attempt)" >&2
+    sleep 1
+  done
+  return 1
 }
 fakes_control() { # $1 verb (create = POST, replace = PUT), $2 path, stdin: body
-  kubectl "$1" --raw "/api/v1/namespaces/$FAKES_NS/services/http:civic-fakes-control:80/proxy$2" -f -
+  local body attempt
+  body=$(cat)
+  for attempt in 1 2 3; do
+    printf '%s\n' "$body" | kubectl "$1" --raw "$fakes_url$2" -f - && return 0
+    echo "fakes: $1 $2 failed (attempt $attempt)" >&2
+    sleep 1
+  done
+  return 1
 }
 
 # ---------------------------------------------------------------------------------------------

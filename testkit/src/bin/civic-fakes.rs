@@ -752,6 +752,9 @@ async fn control(
             text(StatusCode::OK, token, "text/plain")
         }
         (Method::POST, "/revoke") => {
+            // Read, though unused: a body left unread makes hyper close the connection, which
+            // the apiserver's proxy may already be reusing.
+            read_body(body).await;
             let tokens = std::mem::take(&mut *fakes.issued_tokens.lock().unwrap());
             for t in &tokens {
                 hub.revoke(t);
