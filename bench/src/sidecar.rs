@@ -35,23 +35,10 @@ pub struct Launch {
 }
 
 impl Launch {
-    /// Starts a sidecar forwarding to `hub_url` with tokens from `auth`; files go in `dir`.
-    pub async fn spawn(
-        &self,
-        name: &str,
-        hub_url: &str,
-        ca_file: Option<&Path>,
-        auth: &FakeCivicAuth,
-        subject: Subject,
-        dir: &TempDir,
-    ) -> Result<SidecarProcess> {
-        self.spawn_with(name, hub_url, ca_file, auth, subject, dir, &[])
-            .await
-    }
-
-    /// [`Launch::spawn`] with extra environment variables.
+    /// Starts a sidecar forwarding to `hub_url` with tokens from `auth` and `extra_env` set;
+    /// files go in `dir`.
     #[allow(clippy::too_many_arguments)]
-    pub async fn spawn_with(
+    pub async fn spawn(
         &self,
         name: &str,
         hub_url: &str,

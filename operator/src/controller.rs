@@ -576,7 +576,6 @@ fn trim_integration(obj: &mut CivicIntegration) {
         .remove("kubectl.kubernetes.io/last-applied-configuration");
 }
 
-/// Runs the controller until the returned future is dropped (on losing the lease or shutdown).
 /// Drops the per-integration series when a term ends (the future is dropped on a lost lease).
 struct ForgetIntegrationsOnDrop(Metrics);
 
@@ -586,6 +585,7 @@ impl Drop for ForgetIntegrationsOnDrop {
     }
 }
 
+/// Runs the controller until the returned future is dropped (on losing the lease or shutdown).
 pub async fn run(shared: Shared, leader: LeaderGate) {
     let _series = ForgetIntegrationsOnDrop(shared.metrics.clone());
     let client = shared.client.clone();

@@ -1,4 +1,5 @@
-//! Test support: a kube `Client` backed by a tower-test mock, answering scripted responses.
+//! Test support: a kube `Client` backed by a tower-test mock, answering scripted responses, and
+//! pods as the pod index sees them.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -117,6 +117,7 @@ impl Env {
                 auth,
                 subject,
                 &self.dir,
+                &[],
             )
             .await
     }
@@ -130,7 +131,7 @@ impl Env {
         auth: &FakeCivicAuth,
     ) -> Result<SidecarProcess> {
         self.launch
-            .spawn_with(
+            .spawn(
                 &format!("bench-{label}"),
                 hub_url,
                 Some(self.ca.ca_file()),

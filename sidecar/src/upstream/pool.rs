@@ -325,7 +325,8 @@ impl Pool {
         loop {
             let notified = {
                 let mut state = self.inner.lock();
-                state.last_use = Some(Instant::now());
+                let now = Instant::now();
+                state.last_use = Some(now);
                 state.h2.retain(|c| !c.sender.is_closed());
                 if let Some(c) = state
                     .h2
@@ -341,7 +342,6 @@ impl Pool {
                     return Ok((checkout, true));
                 }
                 let limit = state.idle_limit();
-                let now = Instant::now();
                 while let Some(idle) = state.idle.pop() {
                     // Too long idle: the hub may be closing it right now.
                     if !idle.sender.is_closed() && now.duration_since(idle.since) < limit {
